@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from app.config.settings import settings
+from app.services.health import check_health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/healthz",
+    summary="Readiness and configuration checks (no secrets)",
+    responses={503: {"description": "The database is unreachable: status is degraded."}},
+)
+async def healthz() -> JSONResponse:
+    report = await run_in_threadpool(check_health)
+    body = {"status": "ok" if report.ok else "degraded", "checks": report.checks}
+    if report.ok:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+
+@router.get("/", summary="API information")
+async def root() -> dict[str, str]:
+    return {
+        "name": settings.APP_NAME,
+        "environment": settings.APP_ENV.value,
+        "docs": "/docs",
+        "openapi": "/openapi.json",
+        "health": "/healthz",
+        "api": "/api/v1",
+    }

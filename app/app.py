@@ -1,0 +1,151 @@
+"""The application factory: routers, error handlers, middleware, OpenAPI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.api import api_keys, health, plans, tenants
+from app.config.settings import settings
+from app.errors import AppError
+from app.logging import RequestLogMiddleware, configure_logging
+
+logger = logging.getLogger("vca")
+
+API_PREFIX = "/api/v1"
+
+DESCRIPTION = """
+Backend of a multi-tenant Voice AI Agent platform.
+
+Authenticate with `Authorization: Bearer <key>`: the platform admin key, or a tenant API key.
+Every tenant resource lives under `/api/v1/tenants/{tenant_id}/…`. Errors are
+`{"detail": "...", "code": "..."}`; lists are `{"items": [...], "next_cursor": ...}`.
+"""
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
+
+
+def _verify_database_role() -> None:
+    """Production must not run as a role that skips row-level security."""
+    from app.services.health import probe_database
+
+    _, safety = probe_database()
+    if safety.bypasses_rls:
+        raise SystemExit(
+            "DATABASE_URL: the app role is a superuser or has BYPASSRLS, so row-level security "
+            "would not apply; connect as a plain role (see README, Production)."
+        )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    if settings.is_production:
+        await run_in_threadpool(_verify_database_role)
+    yield
+
+
+def _register_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AppError)
+    async def app_error(_: Request, exc: AppError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"detail": str(exc.detail), "code": code},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's body is kept (clients parse it); a code is added like every other error.
+        errors = [{k: v for k, v in e.items() if k != "ctx"} for e in exc.errors()]
+        for original, cleaned in zip(exc.errors(), errors, strict=True):
+            if "ctx" in original:
+                cleaned["ctx"] = {k: str(v) for k, v in original["ctx"].items()}
+        return JSONResponse({"detail": errors, "code": "validation_error"}, status_code=422)
+
+    @app.exception_handler(IntegrityError)
+    async def integrity_error(_: Request, exc: IntegrityError) -> JSONResponse:
+        logger.warning("integrity error", extra={"error": str(exc.orig)[:300]})
+        return JSONResponse(
+            {"detail": "The request conflicts with existing data.", "code": "conflict"},
+            status_code=409,
+        )
+
+    @app.exception_handler(OperationalError)
+    async def database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+        logger.error("database unavailable", extra={"error": str(exc.orig)[:300]})
+        return JSONResponse(
+            {
+                "detail": "The database is unavailable; retry shortly.",
+                "code": "database_unavailable",
+            },
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(_: Request, exc: DBAPIError) -> JSONResponse:
+        logger.exception("database error", exc_info=exc)
+        return JSONResponse(
+            {"detail": "Internal error.", "code": "internal_error"}, status_code=500
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error", exc_info=exc)
+        return JSONResponse(
+            {"detail": "Internal error.", "code": "internal_error"}, status_code=500
+        )
+
+
+def create_app() -> FastAPI:
+    configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT.value)
+    app = FastAPI(
+        title=settings.APP_NAME,
+        description=DESCRIPTION,
+        version="0.1.0",
+        debug=settings.DEBUG,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "health", "description": "Liveness and readiness."},
+            {"name": "tenants", "description": "Tenants (platform admin creates and lists)."},
+            {"name": "api keys", "description": "A tenant's API keys."},
+            {"name": "billing", "description": "Plans, usage and invoices."},
+        ],
+    )
+    _register_error_handlers(app)
+    app.include_router(health.router)
+    for module in (tenants, api_keys, plans):
+        app.include_router(module.router, prefix=API_PREFIX)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+        )
+    app.add_middleware(RequestLogMiddleware)
+    return app

@@ -1,0 +1,173 @@
+"""Application settings, validated once at import.
+
+A missing or malformed variable stops the process with one message that names the variable and says
+how to fix it, instead of failing later on the first request that needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import StrEnum
+from functools import cached_property
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+PLACEHOLDER_MARKERS = (
+    "changeme",
+    "change-me",
+    "change_me",
+    "replace-me",
+    "your-",
+    "example",
+    "xxx",
+)
+
+
+class AppEnv(StrEnum):
+    development = "development"
+    test = "test"
+    staging = "staging"
+    production = "production"
+
+
+class LogFormat(StrEnum):
+    json = "json"
+    console = "console"
+
+
+def _looks_like_placeholder(value: str) -> bool:
+    lowered = value.lower()
+    return any(marker in lowered for marker in PLACEHOLDER_MARKERS) or len(set(value)) < 6
+
+
+class Settings(BaseSettings):
+    # VCA_ENV_FILE="" disables the .env file (the tests do, so a developer's .env cannot leak in).
+    model_config = SettingsConfigDict(
+        env_file=os.environ.get("VCA_ENV_FILE", ".env") or None,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=True,
+    )
+
+    APP_ENV: AppEnv
+    APP_NAME: str = "VCA"
+    DEBUG: bool = False
+    DATABASE_URL: str
+    MIGRATION_DATABASE_URL: str | None = None
+    DATABASE_POOL_SIZE: int = Field(default=10, ge=1, le=200)
+    ADMIN_API_KEY: str = Field(min_length=32)
+    PUBLIC_BASE_URL: str | None = None
+    TWILIO_ACCOUNT_SID: str | None = None
+    TWILIO_AUTH_TOKEN: str | None = None
+    TWILIO_API_BASE_URL: str | None = None
+    LLM_BASE_URL: str | None = None
+    LLM_API_KEY: str | None = None
+    LLM_MODEL: str | None = None
+    LLM_TIMEOUT_SECONDS: float = Field(default=8.0, gt=0, le=120)
+    WEBHOOK_ALLOW_PRIVATE_URLS: bool = False
+    CORS_ORIGINS: str = ""
+    LOG_LEVEL: str = "INFO"
+    LOG_FORMAT: LogFormat = LogFormat.json
+
+    @field_validator("DATABASE_URL", "MIGRATION_DATABASE_URL")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = make_url(value)
+        except Exception as exc:
+            raise ValueError("is not a valid database URL") from exc
+        if not url.drivername.startswith("postgresql"):
+            raise ValueError("must be a PostgreSQL URL (postgresql+psycopg2://user:pass@host/db)")
+        return value
+
+    @field_validator("PUBLIC_BASE_URL", "TWILIO_API_BASE_URL", "LLM_BASE_URL")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("LOG_LEVEL")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return upper
+
+    @model_validator(mode="after")
+    def _environment_rules(self) -> Settings:
+        deployed = self.APP_ENV in (AppEnv.staging, AppEnv.production)
+        if self.APP_ENV is AppEnv.production and self.DEBUG:
+            raise ValueError("DEBUG: must be false when APP_ENV=production")
+        if deployed:
+            for name in ("PUBLIC_BASE_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
+                if not getattr(self, name):
+                    raise ValueError(f"{name}: is required when APP_ENV={self.APP_ENV.value}")
+            for name in ("ADMIN_API_KEY", "TWILIO_AUTH_TOKEN"):
+                if _looks_like_placeholder(getattr(self, name)):
+                    raise ValueError(
+                        f"{name}: looks like a placeholder; generate a real secret "
+                        "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+                    )
+            if self.WEBHOOK_ALLOW_PRIVATE_URLS and self.APP_ENV is AppEnv.production:
+                raise ValueError(
+                    "WEBHOOK_ALLOW_PRIVATE_URLS: must be false when APP_ENV=production"
+                )
+        return self
+
+    @property
+    def migration_database_url(self) -> str:
+        return self.MIGRATION_DATABASE_URL or self.DATABASE_URL
+
+    @property
+    def is_production(self) -> bool:
+        return self.APP_ENV is AppEnv.production
+
+    @property
+    def telephony_configured(self) -> bool:
+        return bool(self.TWILIO_ACCOUNT_SID and self.TWILIO_AUTH_TOKEN and self.PUBLIC_BASE_URL)
+
+    @property
+    def llm_configured(self) -> bool:
+        return bool(self.LLM_BASE_URL and self.LLM_MODEL)
+
+    @property
+    def webhook_require_https(self) -> bool:
+        return self.APP_ENV is AppEnv.production
+
+    @cached_property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.CORS_ORIGINS.split(",") if origin.strip()]
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ())) or None
+    message = str(error.get("msg", "is invalid"))
+    message = message.removeprefix("Value error, ")
+    if error.get("type") == "missing":
+        return f"{location}: is required; set it in the environment or in .env (see .env.example)"
+    if location:
+        return f"{location}: {message}"
+    return message
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings, or stop the process with one readable message per problem."""
+    try:
+        return Settings()  # values come from the environment
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {_describe(error)}" for error in exc.errors())  # type: ignore[arg-type]
+        sys.stderr.write(f"Configuration error, the process cannot start:\n{problems}\n")
+        raise SystemExit(2) from None
+
+
+settings = load_settings()

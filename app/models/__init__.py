@@ -1,0 +1,21 @@
+"""All models, imported here so Alembic and the tests see the whole metadata."""
+
+from app.models.ai_profile import AIProfile
+from app.models.api_key import ApiKey
+from app.models.base import Base
+from app.models.call import Call
+from app.models.call_turn import CallTurn
+from app.models.phone_number import PhoneNumber
+from app.models.tenant import Tenant
+from app.models.usage_record import UsageRecord
+
+__all__ = [
+    "AIProfile",
+    "ApiKey",
+    "Base",
+    "Call",
+    "CallTurn",
+    "PhoneNumber",
+    "Tenant",
+    "UsageRecord",
+]

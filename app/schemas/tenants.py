@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import uuid
+import zoneinfo
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field
+
+from app.plans import PlanName
+from app.schemas.common import RequestModel, ResponseModel
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"
+
+
+def _iana_timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"'{value}' is not an IANA time zone (e.g. Europe/Paris)") from exc
+    return value
+
+
+Timezone = Annotated[str, Field(max_length=64), AfterValidator(_iana_timezone)]
+TenantStatus = Annotated[str, Field(pattern="^(active|suspended)$")]
+
+
+class TenantCreate(RequestModel):
+    name: str = Field(min_length=1, max_length=200, examples=["Acme Dental"])
+    slug: str = Field(pattern=SLUG_PATTERN, examples=["acme-dental"])
+    plan: PlanName = PlanName.free
+    timezone: Timezone = "UTC"
+
+
+class TenantUpdate(RequestModel):
+    """Partial update. plan and status may be changed by the platform admin only."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    timezone: Timezone | None = None
+    plan: PlanName | None = None
+    status: TenantStatus | None = None
+
+
+class TenantOut(ResponseModel):
+    id: uuid.UUID
+    name: str
+    slug: str
+    plan: PlanName
+    status: str
+    timezone: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ApiKeyCreate(RequestModel):
+    name: str = Field(min_length=1, max_length=200, examples=["CRM integration"])
+    role: Literal["admin", "read_only"] = Field(
+        default="admin", description="admin: everything in the tenant; read_only: GET only"
+    )
+    expires_at: datetime | None = None
+
+
+class ApiKeyOut(ResponseModel):
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    name: str
+    role: str
+    prefix: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    created_at: datetime
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The secret key. Shown only in this response; store it now.")

@@ -1,0 +1,47 @@
+"""Resolving a presented bearer key to a principal."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from app.config.database import system_scope
+from app.config.settings import settings
+from app.models import ApiKey
+from app.models.base import utcnow
+from app.security import constant_time_equals, hash_key, parse_prefix
+from app.services.scope import Principal, Role
+
+# last_used_at is informative; writing it on every request would turn each read into a write.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+def authenticate(session: Session, presented: str) -> Principal | None:
+    """The principal behind `presented`, or None for an unknown, revoked or expired key."""
+    if constant_time_equals(presented, settings.ADMIN_API_KEY):
+        return Principal(role=Role.platform_admin)
+    prefix = parse_prefix(presented)
+    if prefix is None:
+        return None
+    now = utcnow()
+    with system_scope(session):
+        key = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).one_or_none()
+        if key is None or not constant_time_equals(key.key_hash, hash_key(presented)):
+            return None
+        if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
+            return None
+        session.execute(
+            update(ApiKey)
+            .where(
+                ApiKey.id == key.id,
+                ApiKey.tenant_id == key.tenant_id,
+                or_(
+                    ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_RESOLUTION
+                ),
+            )
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return Principal(role=Role(key.role), tenant_id=key.tenant_id, key_id=key.id)

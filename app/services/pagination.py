@@ -1,0 +1,62 @@
+"""Keyset pagination on (created_at, id) descending: page 1,000 costs what page 1 costs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, tuple_
+from sqlalchemy.orm import Session
+
+from app.errors import InvalidInput
+
+T = TypeVar("T")
+
+
+class InvalidCursor(InvalidInput):
+    code = "invalid_cursor"
+    default_detail = "The cursor is not valid; use the next_cursor of a previous page."
+
+
+@dataclass(frozen=True)
+class PageResult(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(row_id)], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        parsed = datetime.fromisoformat(created_at)
+        if parsed.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return parsed, uuid.UUID(row_id)
+    except (ValueError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidCursor() from exc
+
+
+def paginate(
+    session: Session, statement: Select[T], model: Any, *, limit: int, cursor: str | None
+) -> PageResult[T]:
+    """One page of `statement` (already tenant-filtered), newest first, plus the next cursor."""
+    if cursor:
+        created_at, row_id = decode_cursor(cursor)
+        statement = statement.where(tuple_(model.created_at, model.id) < tuple_(created_at, row_id))
+    statement = statement.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(statement))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last: Any = rows[-1]
+        next_cursor = encode_cursor(last.created_at, last.id)
+    return PageResult(items=rows, next_cursor=next_cursor)

@@ -1,0 +1,79 @@
+"""Who is calling, and the one helper every tenant-owned query starts from."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from app.errors import NotFound
+
+
+class Role(StrEnum):
+    platform_admin = "platform_admin"
+    admin = "admin"
+    read_only = "read_only"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: the platform admin, or a key of one tenant."""
+
+    role: Role
+    tenant_id: uuid.UUID | None = None
+    key_id: uuid.UUID | None = None
+
+    @property
+    def is_platform_admin(self) -> bool:
+        return self.role is Role.platform_admin
+
+    def may_access(self, tenant_id: uuid.UUID) -> bool:
+        return self.is_platform_admin or self.tenant_id == tenant_id
+
+
+@dataclass(frozen=True)
+class TenantScope:
+    """The tenant a request acts in; the database transaction is bound to the same tenant."""
+
+    tenant_id: uuid.UUID
+    principal: Principal
+    tenant_status: str
+    plan: str
+
+
+M = TypeVar("M")
+
+
+def scoped(model: type[M], scope: TenantScope) -> Select[M]:
+    """`SELECT model WHERE tenant_id = scope.tenant_id`: the start of every tenant-owned query."""
+    column: Any = model.tenant_id  # type: ignore[attr-defined]
+    return select(model).where(column == scope.tenant_id)
+
+
+def get_scoped(
+    session: Session, model: type[M], scope: TenantScope, row_id: uuid.UUID, *, what: str
+) -> M:
+    """The row `row_id` of the scope's tenant, or NotFound (also for another tenant's row)."""
+    row = session.scalars(
+        scoped(model, scope).where(model.id == row_id)  # type: ignore[attr-defined]
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"{what} not found.")
+    return row
+
+
+def get_scoped_for_update(
+    session: Session, model: type[M], scope: TenantScope, row_id: uuid.UUID, *, what: str
+) -> M:
+    row = session.scalars(
+        scoped(model, scope)
+        .where(model.id == row_id)  # type: ignore[attr-defined]
+        .with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"{what} not found.")
+    return row

@@ -1,0 +1,314 @@
+"""One HTTP delivery attempt of an already-signed webhook event.
+
+:func:`post_webhook` re-runs the SSRF checks at delivery time (DNS may have changed since
+registration) and then connects to an address that passed the check, never to a fresh DNS
+answer: the request URL's host is replaced by that IP, while the ``Host`` header, TLS SNI
+and certificate verification keep using the registered host name. Retries, signing and
+persistence are the caller's business; this module only reports what happened.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
+
+import httpx
+
+from app.webhooks.ssrf import (
+    UnsafeURLError,
+    format_netloc,
+    resolve_and_check,
+    validate_url_syntax,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUT_SECONDS",
+    "MAX_RESPONSE_BYTES",
+    "MAX_RETRY_AFTER_SECONDS",
+    "RESPONSE_EXCERPT_CHARS",
+    "USER_AGENT",
+    "DeliveryResult",
+    "close_shared_client",
+    "parse_retry_after",
+    "post_webhook",
+]
+
+DEFAULT_TIMEOUT_SECONDS = 15.0
+MAX_RESPONSE_BYTES = 64 * 1024
+RESPONSE_EXCERPT_CHARS = 1000
+MAX_RETRY_AFTER_SECONDS = 86_400
+USER_AGENT = "VCA-Webhooks/1.0"
+
+# A host with many A/AAAA records should not multiply the time one attempt can take.
+_MAX_ADDRESSES_TRIED = 3
+_MAX_ERROR_CHARS = 300
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """Outcome of one delivery attempt.
+
+    ``status_code`` is None when no HTTP response was obtained (refused URL, DNS, connect,
+    TLS or timeout failure); ``error`` then says why. ``error`` is also set for 3xx
+    responses, which are never followed. ``retry_after_seconds`` comes from a
+    ``Retry-After`` header on any status. ``response_body_excerpt`` holds at most
+    1,000 characters of the response body.
+    """
+
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    retry_after_seconds: int | None
+    response_body_excerpt: str
+
+    @property
+    def ok(self) -> bool:
+        """True only for a 2xx response."""
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+_shared_client: httpx.Client | None = None
+_shared_client_lock = threading.Lock()
+
+
+def _get_shared_client() -> httpx.Client:
+    global _shared_client
+    with _shared_client_lock:
+        if _shared_client is None or _shared_client.is_closed:
+            _shared_client = httpx.Client(
+                follow_redirects=False,
+                # Proxy environment variables must not route deliveries somewhere the SSRF
+                # check did not look at.
+                trust_env=False,
+                # httpcore pools connections by (scheme, IP, port), but the TLS session of a
+                # connection belongs to the host name it was opened for. Reusing it for
+                # another host name on the same IP would skip that name's certificate check,
+                # so keep-alive is off; the shared client still saves building an SSL context
+                # per delivery.
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=0),
+            )
+        return _shared_client
+
+
+def close_shared_client() -> None:
+    """Close the lazily created module-level client (e.g. at application shutdown)."""
+    global _shared_client
+    with _shared_client_lock:
+        if _shared_client is not None:
+            _shared_client.close()
+            _shared_client = None
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> int | None:
+    """Parse a ``Retry-After`` value (delay-seconds or HTTP-date) into whole seconds.
+
+    Returns None for a missing or unparseable value; otherwise an int in
+    ``[0, MAX_RETRY_AFTER_SECONDS]`` (dates in the past give 0).
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if text.isascii() and text.isdigit():
+        # Long digit strings are capped before int() so absurd values cost nothing.
+        if len(text) > 10:
+            return MAX_RETRY_AFTER_SECONDS
+        return min(int(text), MAX_RETRY_AFTER_SECONDS)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    reference = now if now is not None else datetime.now(UTC)
+    delay = math.ceil((when - reference).total_seconds())
+    return max(0, min(delay, MAX_RETRY_AFTER_SECONDS))
+
+
+def post_webhook(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    allow_private: bool,
+    require_https: bool,
+    client: httpx.Client | None = None,
+) -> DeliveryResult:
+    """POST ``body`` with ``headers`` to ``url`` once, and never raise.
+
+    Guarantees:
+
+    * The URL is re-validated and re-resolved; unless ``allow_private``, a host with any
+      non-public address is refused before any connection is made.
+    * The connection goes to an address that passed the check (the next one is tried only
+      if connecting fails), with the original ``Host`` header and, for https, the original
+      host name as SNI and certificate hostname.
+    * Redirects are never followed; a 3xx is reported with its status and an error.
+    * ``timeout_seconds`` bounds connecting and waiting for the response headers; reading
+      the body stops at the same deadline or after ``MAX_RESPONSE_BYTES``, whichever is
+      first. DNS resolution is not covered (the stdlib resolver has no timeout).
+    * Any failure becomes ``status_code=None`` with a short ``error``.
+
+    ``headers`` are sent as given (apart from ``Host``, which is always derived from the
+    URL); the caller provides ``Content-Type`` and the signature headers. A caller-supplied
+    ``client`` should be created with ``trust_env=False`` so that no proxy is involved.
+    """
+    started = time.monotonic()
+    try:
+        return _deliver(
+            url,
+            body,
+            headers,
+            started=started,
+            timeout_seconds=timeout_seconds,
+            allow_private=allow_private,
+            require_https=require_https,
+            client=client,
+        )
+    except Exception as exc:
+        # The contract is "never raises": callers record the outcome and schedule retries.
+        return _failure(started, f"unexpected error: {type(exc).__name__}: {exc}")
+
+
+def _deliver(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    started: float,
+    timeout_seconds: float,
+    allow_private: bool,
+    require_https: bool,
+    client: httpx.Client | None,
+) -> DeliveryResult:
+    try:
+        scheme, host, port = validate_url_syntax(url, require_https=require_https)
+        addresses = resolve_and_check(host, port, allow_private=allow_private)
+    except UnsafeURLError as exc:
+        return _failure(started, f"unsafe URL: {exc.reason}")
+
+    parts = urlsplit(url)
+    path_and_query = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host_is_literal = _is_ip_literal(host)
+
+    request_headers = httpx.Headers(headers)
+    if "host" in request_headers:
+        del request_headers["host"]
+    request_headers["Host"] = format_netloc(scheme, host, port)
+    request_headers.setdefault("User-Agent", USER_AGENT)
+    # Only an excerpt is kept; asking for identity avoids decompressing a hostile body.
+    request_headers.setdefault("Accept-Encoding", "identity")
+
+    extensions: dict[str, object] = {}
+    if scheme == "https" and not host_is_literal:
+        extensions["sni_hostname"] = host
+
+    http = client if client is not None else _get_shared_client()
+    deadline = started + timeout_seconds
+    last_error = "connection failed"
+    for ip in addresses[:_MAX_ADDRESSES_TRIED]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return _failure(started, "timed out")
+        target = f"{scheme}://{format_netloc(scheme, str(ip), port)}{path_and_query}"
+        request = http.build_request(
+            "POST",
+            target,
+            content=body,
+            headers=request_headers,
+            timeout=httpx.Timeout(remaining),
+            extensions=extensions,
+        )
+        try:
+            response = http.send(request, stream=True, follow_redirects=False)
+        except httpx.TimeoutException as exc:
+            return _failure(started, _describe_timeout(exc))
+        except httpx.ConnectError as exc:
+            # Nothing reached the server, so trying the host's next checked address is safe.
+            last_error = _short(f"connection to {ip} failed: {exc}")
+            continue
+        except httpx.HTTPError as exc:
+            return _failure(started, _short(f"{type(exc).__name__}: {exc}"))
+        return _read_response(response, started=started, deadline=deadline)
+    return _failure(started, last_error)
+
+
+def _read_response(response: httpx.Response, *, started: float, deadline: float) -> DeliveryResult:
+    try:
+        status = response.status_code
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        received = _read_capped(response, deadline)
+    finally:
+        response.close()
+    excerpt = received.decode("utf-8", errors="replace")[:RESPONSE_EXCERPT_CHARS]
+    error = f"redirect not followed (HTTP {status})" if 300 <= status < 400 else None
+    return DeliveryResult(
+        status_code=status,
+        error=error,
+        duration_ms=_elapsed_ms(started),
+        retry_after_seconds=retry_after,
+        response_body_excerpt=excerpt,
+    )
+
+
+def _read_capped(response: httpx.Response, deadline: float) -> bytes:
+    """Up to MAX_RESPONSE_BYTES of the raw body, stopping early at the deadline."""
+    received = bytearray()
+    try:
+        # Raw bytes: a capped excerpt must not be inflated by a compressed body.
+        for chunk in response.iter_raw():
+            received += chunk
+            if len(received) >= MAX_RESPONSE_BYTES or time.monotonic() >= deadline:
+                break
+    except httpx.HTTPError:
+        # The status line already decided the outcome; a slow or broken body only
+        # shortens the excerpt.
+        pass
+    return bytes(received[:MAX_RESPONSE_BYTES])
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe_timeout(exc: httpx.TimeoutException) -> str:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "timed out while connecting"
+    if isinstance(exc, httpx.ReadTimeout):
+        return "timed out waiting for the response"
+    if isinstance(exc, httpx.WriteTimeout):
+        return "timed out sending the request"
+    return "timed out"
+
+
+def _short(message: str) -> str:
+    message = " ".join(message.split())
+    if len(message) <= _MAX_ERROR_CHARS:
+        return message
+    return message[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def _elapsed_ms(started: float) -> int:
+    return max(0, int((time.monotonic() - started) * 1000))
+
+
+def _failure(started: float, error: str) -> DeliveryResult:
+    return DeliveryResult(
+        status_code=None,
+        error=_short(error),
+        duration_ms=_elapsed_ms(started),
+        retry_after_seconds=None,
+        response_body_excerpt="",
+    )
