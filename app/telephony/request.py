@@ -37,7 +37,8 @@ async def verified_twilio_form(request: Request) -> dict[str, str]:
     form = await request.form()
     url = public_url(settings.PUBLIC_BASE_URL or "", request.url.path, request.url.query)
     signature = request.headers.get("x-twilio-signature")
-    if not is_valid_twilio_signature(settings.TWILIO_AUTH_TOKEN or "", url, form, signature):
+    fields = {key: [v for v in form.getlist(key) if isinstance(v, str)] for key in form}
+    if not is_valid_twilio_signature(settings.TWILIO_AUTH_TOKEN or "", url, fields, signature):
         raise InvalidTwilioSignature()
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
