@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import api_keys, health, plans, tenants
+from app.api import ai_profiles, api_keys, health, phone_numbers, plans, tenants
 from app.config.settings import settings
 from app.errors import AppError
 from app.logging import RequestLogMiddleware, configure_logging
@@ -133,12 +133,14 @@ def create_app() -> FastAPI:
             {"name": "health", "description": "Liveness and readiness."},
             {"name": "tenants", "description": "Tenants (platform admin creates and lists)."},
             {"name": "api keys", "description": "A tenant's API keys."},
+            {"name": "phone numbers", "description": "A tenant's phone numbers (E.164)."},
+            {"name": "ai profiles", "description": "AI agent profiles: prompt, greeting, voice."},
             {"name": "billing", "description": "Plans, usage and invoices."},
         ],
     )
     _register_error_handlers(app)
     app.include_router(health.router)
-    for module in (tenants, api_keys, plans):
+    for module in (tenants, api_keys, phone_numbers, ai_profiles, plans):
         app.include_router(module.router, prefix=API_PREFIX)
     if settings.cors_origins:
         app.add_middleware(
