@@ -14,7 +14,18 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api import ai_profiles, api_keys, health, phone_numbers, plans, tenants
+from app.api import (
+    ai_profiles,
+    api_keys,
+    calls,
+    health,
+    phone_numbers,
+    plans,
+    relay,
+    telephony,
+    tenants,
+    webhooks,
+)
 from app.config.settings import settings
 from app.errors import AppError
 from app.logging import RequestLogMiddleware, configure_logging
@@ -135,13 +146,25 @@ def create_app() -> FastAPI:
             {"name": "api keys", "description": "A tenant's API keys."},
             {"name": "phone numbers", "description": "A tenant's phone numbers (E.164)."},
             {"name": "ai profiles", "description": "AI agent profiles: prompt, greeting, voice."},
+            {"name": "calls", "description": "A tenant's calls and transcripts; outbound calls."},
+            {
+                "name": "telephony",
+                "description": "Twilio webhooks (signed with X-Twilio-Signature, answered in TwiML).",
+            },
             {"name": "billing", "description": "Plans, usage and invoices."},
+            {
+                "name": "webhooks",
+                "description": "Signed event deliveries to a tenant's URLs, and their log.",
+            },
         ],
     )
     _register_error_handlers(app)
     app.include_router(health.router)
-    for module in (tenants, api_keys, phone_numbers, ai_profiles, plans):
+    for module in (tenants, api_keys, phone_numbers, ai_profiles, calls, plans):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(webhooks.router, prefix=API_PREFIX)
+    app.include_router(telephony.router)
+    app.include_router(relay.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -86,3 +86,220 @@ def iter_routes(app: Any) -> list[tuple[str, Any]]:
 
     walk(list(app.routes))
     return found
+
+
+# -- telephony helpers (Twilio-signed requests; numbers and profiles inserted directly) -----------
+
+
+def twilio_signature(url: str, params: dict[str, str], *, auth_token: str | None = None) -> str:
+    """X-Twilio-Signature for a POST of `params` to `url`, computed by the twilio library itself."""
+    import os
+
+    from twilio.request_validator import RequestValidator
+
+    token = auth_token if auth_token is not None else os.environ["TWILIO_AUTH_TOKEN"]
+    return str(RequestValidator(token).compute_signature(url, params))
+
+
+def twilio_post(
+    client: TestClient,
+    path: str,
+    params: dict[str, str],
+    *,
+    signed_url: str | None = None,
+    signed_params: dict[str, str] | None = None,
+    auth_token: str | None = None,
+    signature: str | None = None,
+    omit_signature: bool = False,
+) -> Any:
+    """POST `params` as a form to `path` the way Twilio does: signed over PUBLIC_BASE_URL + path.
+
+    `path` may carry a query string (it is signed too). The keyword arguments forge a bad
+    request: sign another URL, other params or with another token, send a given signature, or
+    none at all.
+    """
+    import os
+
+    url = signed_url or os.environ["PUBLIC_BASE_URL"].rstrip("/") + path
+    headers = {}
+    if not omit_signature:
+        headers["X-Twilio-Signature"] = (
+            signature
+            if signature is not None
+            else twilio_signature(
+                url, signed_params if signed_params is not None else params, auth_token=auth_token
+            )
+        )
+    return client.post(path, data=params, headers=headers)
+
+
+def twilio_call_sid() -> str:
+    return "CA" + secrets.token_hex(16)
+
+
+def insert_ai_profile(tenant_id: uuid.UUID, **fields: Any) -> uuid.UUID:
+    """Insert an AI profile through the app role (RLS applies) and return its id."""
+    from app.config.database import tenant_session
+    from app.models import AIProfile
+
+    values: dict[str, Any] = {
+        "name": "Receptionist",
+        "system_prompt": "You are a helpful receptionist.",
+        "greeting": "Hello, how can I help?",
+        "language": "en-US",
+        "voice": "en-US-Neural2-F",
+    }
+    values.update(fields)
+    with tenant_session(tenant_id) as session:
+        profile = AIProfile(tenant_id=tenant_id, **values)
+        session.add(profile)
+        session.flush()
+        return profile.id
+
+
+def insert_phone_number(
+    tenant_id: uuid.UUID,
+    *,
+    number: str | None = None,
+    ai_profile_id: uuid.UUID | None = None,
+    status: str = "active",
+) -> tuple[uuid.UUID, str]:
+    """Insert a phone number through the app role (RLS applies); returns (id, E.164 number)."""
+    from app.config.database import tenant_session
+    from app.models import PhoneNumber
+
+    number = number or random_e164()
+    with tenant_session(tenant_id) as session:
+        row = PhoneNumber(
+            tenant_id=tenant_id, number=number, ai_profile_id=ai_profile_id, status=status
+        )
+        session.add(row)
+        session.flush()
+        return row.id, number
+
+
+@dataclass(frozen=True)
+class NumberAndProfile:
+    number_id: uuid.UUID
+    number: str
+    profile_id: uuid.UUID | None
+
+
+def create_number_and_profile(
+    tenant_id: uuid.UUID,
+    *,
+    attach_profile: bool = True,
+    default_profile: bool = False,
+    with_profile: bool = True,
+    number_status: str = "active",
+    **profile_fields: Any,
+) -> NumberAndProfile:
+    """A phone number of `tenant_id` and (unless with_profile=False) an AI profile for it.
+
+    attach_profile puts the profile on the number; default_profile makes it the tenant's default.
+    """
+    profile_id = (
+        insert_ai_profile(tenant_id, is_default=default_profile, **profile_fields)
+        if with_profile
+        else None
+    )
+    number_id, number = insert_phone_number(
+        tenant_id,
+        ai_profile_id=profile_id if attach_profile else None,
+        status=number_status,
+    )
+    return NumberAndProfile(number_id=number_id, number=number, profile_id=profile_id)
+
+
+def insert_call(tenant_id: uuid.UUID, **fields: Any) -> uuid.UUID:
+    """Insert a call through the app role (RLS applies) and return its id; fields override."""
+    from app.config.database import tenant_session
+    from app.models import Call
+    from app.models.base import utcnow
+
+    values: dict[str, Any] = {
+        "direction": "inbound",
+        "status": "completed",
+        "from_number": random_e164(),
+        "to_number": random_e164(),
+        "provider_call_sid": twilio_call_sid(),
+        "started_at": utcnow(),
+        "billable_minutes": 0,
+    }
+    values.update(fields)
+    with tenant_session(tenant_id) as session:
+        call = Call(tenant_id=tenant_id, **values)
+        session.add(call)
+        session.flush()
+        return call.id
+
+
+def insert_call_turn(tenant_id: uuid.UUID, call_id: uuid.UUID, **fields: Any) -> uuid.UUID:
+    """Insert a transcript turn of `call_id` through the app role and return its id."""
+    from app.config.database import tenant_session
+    from app.models import CallTurn
+
+    with tenant_session(tenant_id) as session:
+        turn = CallTurn(tenant_id=tenant_id, call_id=call_id, **fields)
+        session.add(turn)
+        session.flush()
+        return turn.id
+
+
+def count_tenant_rows(engine: Any, table: str, tenant_id: uuid.UUID, where: str = "") -> int:
+    """Rows of `table` owned by `tenant_id` (optionally AND `where`), seen in system scope.
+
+    `table` and `where` are test-written SQL, never input.
+    """
+    from sqlalchemy import text
+
+    sql = f"SELECT count(*) FROM {table} WHERE tenant_id = :tid"  # noqa: S608
+    if where:
+        sql += f" AND ({where})"
+    with engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        return int(conn.execute(text(sql), {"tid": str(tenant_id)}).scalar_one())
+
+
+@dataclass(frozen=True)
+class RingingCall:
+    """A call as the voice webhook leaves it: `ringing`, with its number, profile and CallSid."""
+
+    tenant_id: uuid.UUID
+    call_id: uuid.UUID
+    call_sid: str
+    profile_id: uuid.UUID
+    number_id: uuid.UUID
+    number: str
+
+
+def create_ringing_call(tenant_id: uuid.UUID, **profile_fields: Any) -> RingingCall:
+    """An AI profile (with `profile_fields`), a number using it and a ringing inbound call."""
+    setup = create_number_and_profile(tenant_id, **profile_fields)
+    assert setup.profile_id is not None
+    call_sid = twilio_call_sid()
+    call_id = insert_call(
+        tenant_id,
+        status="ringing",
+        phone_number_id=setup.number_id,
+        ai_profile_id=setup.profile_id,
+        to_number=setup.number,
+        provider_call_sid=call_sid,
+    )
+    return RingingCall(
+        tenant_id=tenant_id,
+        call_id=call_id,
+        call_sid=call_sid,
+        profile_id=setup.profile_id,
+        number_id=setup.number_id,
+        number=setup.number,
+    )
+
+
+def parse_twiml(document: str) -> Any:
+    """The root <Response> element of a TwiML answer (our own server's XML, parsed in tests)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(document)  # noqa: S314 - the app under test produced it
+    assert root.tag == "Response", document
+    return root

@@ -33,7 +33,8 @@ def get_engine() -> Engine:
         settings.DATABASE_URL,
         pool_size=settings.DATABASE_POOL_SIZE,
         max_overflow=settings.DATABASE_POOL_SIZE,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round trip per request; a connection found dead is discarded by
+        # the pool (and that request answers 503), and recycling retires idle ones.
         pool_recycle=1800,
         pool_timeout=10,
         connect_args={"connect_timeout": 3, "application_name": settings.APP_NAME},

@@ -8,6 +8,10 @@ from app.models.call_turn import CallTurn
 from app.models.phone_number import PhoneNumber
 from app.models.tenant import Tenant
 from app.models.usage_record import UsageRecord
+from app.models.webhook_delivery import WebhookDelivery
+from app.models.webhook_delivery_attempt import WebhookDeliveryAttempt
+from app.models.webhook_endpoint import WebhookEndpoint
+from app.models.webhook_event import WebhookEvent
 
 __all__ = [
     "AIProfile",
@@ -18,4 +22,8 @@ __all__ = [
     "PhoneNumber",
     "Tenant",
     "UsageRecord",
+    "WebhookDelivery",
+    "WebhookDeliveryAttempt",
+    "WebhookEndpoint",
+    "WebhookEvent",
 ]

@@ -87,4 +87,6 @@ def lock_tenant(session: Session, tenant_id: uuid.UUID) -> None:
     """
     from app.models.tenant import Tenant  # local import: models import nothing from services
 
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    # FOR NO KEY UPDATE (key_share=True), not FOR UPDATE: the foreign-key check of every insert
+    # under this tenant takes KEY SHARE on the tenant row and must not queue behind a limit check.
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))

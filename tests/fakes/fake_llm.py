@@ -248,6 +248,9 @@ class FakeLLM:
         if self._thread is not None:
             raise RuntimeError("FakeLLM already started")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # Accepted sockets inherit TCP_NODELAY on Linux: without it every small SSE write waits on
+        # the client's delayed ACK (~40 ms), which real providers do not add.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(

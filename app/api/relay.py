@@ -1,0 +1,61 @@
+"""Twilio ConversationRelay: the WebSocket the AI agent talks on, and the `<Connect action>`.
+
+Authenticated by `X-Twilio-Signature` (on the handshake and on the action's form), never by API
+keys. The protocol itself lives in app/telephony/relay.py.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Response, WebSocket
+
+from app.errors import error_responses
+from app.services.relay import relay_action_twiml
+from app.telephony.relay import POLICY_VIOLATION, RelaySession, handshake_rejection
+from app.telephony.request import InvalidTwilioSignature, TelephonyNotConfigured, TwilioForm
+
+logger = logging.getLogger("vca.relay")
+
+router = APIRouter(prefix="/telephony/twilio", tags=["telephony"])
+
+
+@router.websocket("/relay")
+async def conversation_relay(websocket: WebSocket) -> None:
+    """Twilio's ConversationRelay WebSocket (JSON text frames), one per connected call."""
+    reason = handshake_rejection(websocket.headers, websocket.url.path, websocket.url.query)
+    if reason is not None:
+        logger.warning("relay handshake refused", extra={"reason": reason})
+        # Closing before accepting refuses the upgrade (HTTP 403).
+        await websocket.close(code=POLICY_VIOLATION)
+        return
+    await websocket.accept()
+    session = RelaySession(websocket.send_text)
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            if text is None:
+                session.ignore_binary(len(message.get("bytes") or b""))
+                continue
+            await session.handle_message(text)
+            if session.close_code is not None:
+                await websocket.close(code=session.close_code)
+                break
+    finally:
+        await session.close()
+
+
+@router.post(
+    "/relay-action",
+    responses={
+        200: {"content": {"application/xml": {}}, "description": "TwiML"},
+        **error_responses(InvalidTwilioSignature, TelephonyNotConfigured),
+    },
+    summary="Twilio's <Connect action> after a ConversationRelay session: transfer or hang up",
+)
+def relay_action(form: TwilioForm) -> Response:
+    twiml = relay_action_twiml(form.get("CallSid", ""), form.get("HandoffData"))
+    return Response(content=twiml, media_type="application/xml")

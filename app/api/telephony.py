@@ -1,0 +1,44 @@
+"""Twilio's webhooks (outside /api/v1): authenticated by X-Twilio-Signature, answered in TwiML."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from app.api.deps import DbSession
+from app.errors import error_responses
+from app.services.telephony import EMPTY_TWIML, TelephonyService
+from app.telephony.request import InvalidTwilioSignature, TelephonyNotConfigured, TwilioForm
+
+router = APIRouter(prefix="/telephony/twilio", tags=["telephony"])
+
+TWIML_MEDIA_TYPE = "application/xml"
+TWIML_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "TwiML for Twilio.",
+        "content": {TWIML_MEDIA_TYPE: {"example": '<Response><Reject reason="busy"/></Response>'}},
+    }
+}
+
+
+@router.post(
+    "/voice",
+    response_class=Response,
+    responses={**TWIML_RESPONSE, **error_responses(InvalidTwilioSignature, TelephonyNotConfigured)},
+    summary="Twilio voice webhook: route the call by `To` and answer with TwiML",
+)
+def voice_webhook(form: TwilioForm, session: DbSession) -> Response:
+    twiml = TelephonyService(session).answer_voice(form)
+    return Response(content=twiml, media_type=TWIML_MEDIA_TYPE)
+
+
+@router.post(
+    "/status",
+    response_class=Response,
+    responses={**TWIML_RESPONSE, **error_responses(InvalidTwilioSignature, TelephonyNotConfigured)},
+    summary="Twilio status callback: advance the call's state (idempotent, order-independent)",
+)
+def status_callback(form: TwilioForm, session: DbSession) -> Response:
+    TelephonyService(session).apply_status_callback(form)
+    return Response(content=EMPTY_TWIML, media_type=TWIML_MEDIA_TYPE)

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Index, String, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, TenantOwned
+
+
+class WebhookEvent(TenantOwned, Base):
+    """The transactional outbox: one row per event, written with the change that caused it."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "id"),
+        Index("ix_webhook_events_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+    )
+
+    event_type: Mapped[str] = mapped_column(String(64))
+    # The body sent to every endpoint: {"type", "timestamp", "data"}.
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)

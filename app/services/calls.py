@@ -1,0 +1,192 @@
+"""A tenant's calls: the list with filters, the detail with its transcript, and outbound calls."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session
+
+from app.config.settings import settings
+from app.errors import (
+    BadGateway,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    TenantSuspended,
+    TooManyRequests,
+)
+from app.models import AIProfile, Call, CallTurn, PhoneNumber, Tenant
+from app.models.base import utcnow
+from app.plans import get_plan
+from app.schemas.calls import CallFilters, OutboundCallCreate
+from app.services.pagination import PageResult, paginate
+from app.services.scope import TenantScope, get_scoped, lock_tenant, scoped
+from app.services.telephony import (
+    REJECT_CONCURRENCY_LIMIT,
+    REJECT_MINUTES_EXHAUSTED,
+    REJECT_TENANT_SUSPENDED,
+    STATUS_PATH,
+    VOICE_PATH,
+    call_limit_violation,
+    resolve_ai_profile,
+)
+from app.telephony.numbers import normalize_e164
+from app.telephony.request import require_telephony
+from app.telephony.rest import TwilioAPIError, TwilioRest
+from app.telephony.signature import public_url
+
+logger = logging.getLogger("vca.calls")
+
+STATUS_CALLBACK_EVENTS = ["initiated", "ringing", "answered", "completed"]
+# Bounds how long an outbound create holds the tenant lock while Twilio answers.
+TWILIO_TIMEOUT_SECONDS = 8.0
+# A line frees up when a call ends; calls last minutes, so a short wait is the useful hint.
+CONCURRENCY_RETRY_AFTER_SECONDS = 30
+
+
+class ConcurrencyLimitReached(TooManyRequests):
+    code = "concurrency_limit"
+    default_detail = "The plan's concurrent-call limit is reached; retry when a call ends."
+
+
+class MinutesExhausted(Forbidden):
+    code = "minutes_exhausted"
+    default_detail = "The plan's included minutes for this month are used up."
+
+
+class NoAIProfile(InvalidInput):
+    code = "no_ai_profile"
+    default_detail = (
+        "No AI profile: give ai_profile_id, attach one to the number, or set a default."
+    )
+
+
+class PhoneNumberInactive(InvalidInput):
+    code = "phone_number_inactive"
+    default_detail = "The phone number is inactive; activate it to place calls from it."
+
+
+class ProviderError(BadGateway):
+    code = "provider_error"
+    default_detail = "Twilio refused or failed to place the call."
+
+
+def _utc(moment: datetime) -> datetime:
+    # A timestamp without an offset in a query string is taken as UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def twilio_client() -> TwilioRest:
+    """A Twilio REST client from the settings (the caller has checked telephony is configured)."""
+    return TwilioRest(
+        account_sid=settings.TWILIO_ACCOUNT_SID or "",
+        auth_token=settings.TWILIO_AUTH_TOKEN or "",
+        api_base_url=settings.TWILIO_API_BASE_URL,
+        timeout_seconds=TWILIO_TIMEOUT_SECONDS,
+    )
+
+
+class CallService:
+    def __init__(self, session: Session, scope: TenantScope) -> None:
+        self.session = session
+        self.scope = scope
+
+    def list(self, filters: CallFilters, *, limit: int, cursor: str | None) -> PageResult[Call]:
+        """One page of the tenant's calls matching every given filter, newest first."""
+        statement = scoped(Call, self.scope)
+        if filters.status is not None:
+            statement = statement.where(Call.status == filters.status)
+        if filters.direction is not None:
+            statement = statement.where(Call.direction == filters.direction)
+        if filters.phone_number_id is not None:
+            statement = statement.where(Call.phone_number_id == filters.phone_number_id)
+        if filters.ai_profile_id is not None:
+            statement = statement.where(Call.ai_profile_id == filters.ai_profile_id)
+        if filters.started_after is not None:
+            statement = statement.where(Call.started_at >= _utc(filters.started_after))
+        if filters.started_before is not None:
+            statement = statement.where(Call.started_at < _utc(filters.started_before))
+        return paginate(self.session, statement, Call, limit=limit, cursor=cursor)
+
+    def get(self, call_id: uuid.UUID) -> tuple[Call, Sequence[CallTurn]]:
+        """The call and its transcript turns by seq (two queries), or 404 (also another tenant's)."""
+        call = get_scoped(self.session, Call, self.scope, call_id, what="Call")
+        turns = list(
+            self.session.scalars(
+                scoped(CallTurn, self.scope)
+                .where(CallTurn.call_id == call.id)
+                .order_by(CallTurn.seq)
+            )
+        )
+        return call, turns
+
+    def create_outbound(self, data: OutboundCallCreate) -> Call:
+        """Place a call through Twilio from one of the tenant's numbers; the call is `queued`.
+
+        The plan's limits are checked under the tenant row lock, held until the call row is
+        committed, so concurrent creates never exceed the concurrent-call limit. If Twilio refuses
+        (502 provider_error) the exception rolls the transaction back: no call row remains.
+        """
+        require_telephony()
+        to = normalize_e164(data.to, field="to")
+        number = get_scoped(
+            self.session, PhoneNumber, self.scope, data.phone_number_id, what="Phone number"
+        )
+        if number.status != "active":
+            raise PhoneNumberInactive()
+        if data.ai_profile_id is not None:
+            profile: AIProfile | None = get_scoped(
+                self.session, AIProfile, self.scope, data.ai_profile_id, what="AI profile"
+            )
+        else:
+            profile = resolve_ai_profile(self.session, self.scope, number.ai_profile_id)
+        if profile is None:
+            raise NoAIProfile()
+
+        lock_tenant(self.session, self.scope.tenant_id)
+        tenant = self.session.get(Tenant, self.scope.tenant_id)
+        if tenant is None:
+            raise NotFound("Tenant not found.")
+        reason = call_limit_violation(self.session, tenant)
+        if reason == REJECT_TENANT_SUSPENDED:
+            raise TenantSuspended()
+        if reason == REJECT_CONCURRENCY_LIMIT:
+            plan = get_plan(tenant.plan)
+            raise ConcurrencyLimitReached(
+                f"The {plan.name.value} plan allows {plan.max_concurrent_calls} concurrent call(s).",
+                headers={"Retry-After": str(CONCURRENCY_RETRY_AFTER_SECONDS)},
+            )
+        if reason == REJECT_MINUTES_EXHAUSTED:
+            raise MinutesExhausted()
+
+        call = Call(
+            tenant_id=self.scope.tenant_id,
+            phone_number_id=number.id,
+            ai_profile_id=profile.id,
+            direction="outbound",
+            status="queued",
+            from_number=number.number,
+            to_number=to,
+            started_at=utcnow(),
+            billable_minutes=0,
+        )
+        self.session.add(call)
+        self.session.flush()
+
+        base = settings.PUBLIC_BASE_URL or ""
+        try:
+            call.provider_call_sid = twilio_client().create_call(
+                to=to,
+                from_=number.number,
+                url=public_url(base, VOICE_PATH, ""),
+                status_callback=public_url(base, STATUS_PATH, ""),
+                status_callback_events=STATUS_CALLBACK_EVENTS,
+            )
+        except TwilioAPIError as exc:
+            logger.warning("Twilio refused an outbound call", extra={"error": str(exc)})
+            raise ProviderError(f"Twilio: {exc.message}") from exc
+        self.session.flush()
+        return call

@@ -1,0 +1,322 @@
+"""The database side of a ConversationRelay session: bind the call, store the transcript.
+
+Everything here is synchronous SQLAlchemy; the WebSocket session (app/telephony/relay.py) runs it
+in the threadpool so the event loop never waits on PostgreSQL. The module-level functions each
+run one transaction of their own; `RelayService` holds the rules inside one tenant's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from app.config.database import get_session_factory, set_tenant_context, tenant_session
+from app.llm.agent import ConversationEntry
+from app.models import AIProfile, Call, CallTurn, Tenant
+from app.models.base import utcnow
+from app.schemas.calls import CallOut
+from app.services.events import emit_event
+from app.services.scope import TenantScope, get_scoped, scoped
+from app.services.telephony import resolve_call_sid, telephony_scope
+from app.telephony import twiml
+
+logger = logging.getLogger("vca.relay")
+
+# A session may (re)attach to a call that Twilio is still connecting or that is already live
+# (a WebSocket reconnect); a finished call never comes back to life.
+BINDABLE_STATUSES = ("queued", "ringing", "in_progress")
+
+
+class RelayBindError(Exception):
+    """The `setup` message does not name a call this session may serve; `reason` is for logs."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AgentProfile:
+    """The AI profile settings a session needs, detached from the database session."""
+
+    system_prompt: str
+    greeting: str | None
+    llm_model: str | None
+    temperature: float
+    max_tokens: int
+    max_call_duration_seconds: int
+    transfer_number: str | None
+
+
+@dataclass
+class BoundCall:
+    """A call a relay session is attached to, with the conversation so far."""
+
+    scope: TenantScope
+    call_id: uuid.UUID
+    call_sid: str
+    profile: AgentProfile
+    answered_at: datetime
+    history: list[ConversationEntry] = field(default_factory=list)
+    next_seq: int = 1
+    resumed: bool = False
+
+
+class RelayService:
+    """The rules of a relay session inside one tenant's transaction."""
+
+    def __init__(self, session: Session, scope: TenantScope) -> None:
+        self.session = session
+        self.scope = scope
+
+    def bind(self, call_id: uuid.UUID, call_sid: str) -> BoundCall:
+        """Attach a session to the call `call_id` whose Twilio CallSid is `call_sid`.
+
+        Guarantees: the call exists in this tenant with that CallSid and a bindable status, or
+        RelayBindError and nothing changes. The call becomes `in_progress` with `answered_at`
+        set, and the first session of a call emits `call.started` in the same transaction; a
+        call already in progress with a transcript (a reconnect) is resumed with that transcript
+        and no second event. On the first binding the profile's greeting (which Twilio speaks as
+        the welcome greeting) is stored as the first agent turn.
+        """
+        call = self.session.scalars(
+            scoped(Call, self.scope)
+            .where(Call.id == call_id, Call.provider_call_sid == call_sid)
+            .with_for_update()
+        ).one_or_none()
+        if call is None:
+            raise RelayBindError("no call with this id and CallSid")
+        if call.status not in BINDABLE_STATUSES:
+            raise RelayBindError(f"call is {call.status}")
+        if call.ai_profile_id is None:
+            raise RelayBindError("call has no AI profile")
+        profile_row = self.session.scalars(
+            scoped(AIProfile, self.scope).where(AIProfile.id == call.ai_profile_id)
+        ).one_or_none()
+        if profile_row is None:
+            raise RelayBindError("the call's AI profile no longer exists")
+        profile = AgentProfile(
+            system_prompt=profile_row.system_prompt,
+            greeting=profile_row.greeting,
+            llm_model=profile_row.llm_model,
+            temperature=float(profile_row.temperature),
+            max_tokens=profile_row.max_tokens,
+            max_call_duration_seconds=profile_row.max_call_duration_seconds,
+            transfer_number=profile_row.transfer_number,
+        )
+
+        turns = self.session.scalars(
+            scoped(CallTurn, self.scope).where(CallTurn.call_id == call.id).order_by(CallTurn.seq)
+        ).all()
+        # A status callback may have marked the call answered before Twilio opened the socket
+        # (outbound calls): the first session is recognised by an empty transcript instead.
+        resumed = call.status == "in_progress" and bool(turns)
+        now = utcnow()
+        if call.status != "in_progress":
+            call.status = "in_progress"
+            call.started_at = call.started_at or now
+        call.answered_at = call.answered_at or now
+        self.session.flush()
+        if not resumed:
+            emit_event(
+                self.session,
+                self.scope.tenant_id,
+                "call.started",
+                {"call": CallOut.model_validate(call).model_dump(mode="json")},
+            )
+
+        history = [
+            ConversationEntry(
+                role="caller" if turn.role == "caller" else "agent",
+                text=turn.text,
+                seq=turn.seq,
+                interrupted=turn.interrupted,
+            )
+            for turn in turns
+        ]
+        next_seq = (turns[-1].seq + 1) if turns else 1
+        if not turns and profile.greeting and profile.greeting.strip():
+            self._add_turn(call.id, next_seq, "agent", profile.greeting, False, None)
+            history.append(ConversationEntry(role="agent", text=profile.greeting, seq=next_seq))
+            next_seq += 1
+        return BoundCall(
+            scope=self.scope,
+            call_id=call.id,
+            call_sid=call_sid,
+            profile=profile,
+            answered_at=call.answered_at or now,
+            history=history,
+            next_seq=next_seq,
+            resumed=resumed,
+        )
+
+    def _add_turn(
+        self,
+        call_id: uuid.UUID,
+        seq: int,
+        role: str,
+        text: str,
+        interrupted: bool,
+        latency_ms: int | None,
+    ) -> None:
+        self.session.add(
+            CallTurn(
+                tenant_id=self.scope.tenant_id,
+                call_id=call_id,
+                seq=seq,
+                role=role,
+                text=text,
+                interrupted=interrupted,
+                latency_ms=latency_ms,
+            )
+        )
+        self.session.flush()
+
+    def add_turn(
+        self,
+        call_id: uuid.UUID,
+        *,
+        seq: int,
+        role: str,
+        text: str,
+        interrupted: bool = False,
+        latency_ms: int | None = None,
+    ) -> None:
+        """Store one utterance of the call's transcript at position `seq` (unique per call)."""
+        self._add_turn(call_id, seq, role, text, interrupted, latency_ms)
+
+    def truncate_turn(self, call_id: uuid.UUID, *, seq: int, text: str) -> None:
+        """Record that the caller interrupted turn `seq`: keep only `text`, what they heard."""
+        turn = self.session.scalars(
+            scoped(CallTurn, self.scope).where(CallTurn.call_id == call_id, CallTurn.seq == seq)
+        ).one_or_none()
+        if turn is not None:
+            turn.text = text
+            turn.interrupted = True
+            self.session.flush()
+
+    def store_summary(self, call_id: uuid.UUID, summary: str) -> None:
+        """Set the call's post-call summary (a missing call is ignored)."""
+        call = self.session.scalars(
+            scoped(Call, self.scope).where(Call.id == call_id).with_for_update()
+        ).one_or_none()
+        if call is not None:
+            call.summary = summary
+            self.session.flush()
+
+    def after_session_twiml(self, call_id: uuid.UUID, handoff_data: str | None) -> str:
+        """TwiML for Twilio's `<Connect action>` request once the relay session is over.
+
+        `<Dial>` to the profile's transfer number when the agent asked for a transfer and the
+        profile has one; `<Hangup/>` otherwise. The number always comes from the profile, never
+        from the handoff data (which the model wrote, so a caller could steer it).
+        """
+        if handoff_reason(handoff_data) != "transfer":
+            return twiml.hangup()
+        call = get_scoped(self.session, Call, self.scope, call_id, what="Call")
+        profile = (
+            self.session.scalars(
+                scoped(AIProfile, self.scope).where(AIProfile.id == call.ai_profile_id)
+            ).one_or_none()
+            if call.ai_profile_id is not None
+            else None
+        )
+        number = profile.transfer_number if profile is not None else None
+        if not number:
+            logger.warning("transfer requested but the profile has no transfer number")
+            return twiml.hangup()
+        return twiml.dial(number)
+
+
+def handoff_reason(handoff_data: str | None) -> str | None:
+    """The `reason` of an `end` message's handoffData JSON string, or None if there is none."""
+    if not handoff_data:
+        return None
+    try:
+        data = json.loads(handoff_data)
+    except ValueError:
+        return None
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return reason if isinstance(reason, str) else None
+
+
+# --------------------------------------------------------------------------- one transaction each
+
+
+@contextmanager
+def _call_sid_transaction(call_sid: str) -> Iterator[tuple[Session, TenantScope] | None]:
+    """A transaction bound to the tenant owning `call_sid` (None if no call has that CallSid).
+
+    Twilio names a call only by its CallSid, so the owner is found through the pinned
+    cross-tenant lookup (`resolve_call_sid`); everything after runs in that tenant's scope.
+    """
+    with get_session_factory()() as session, session.begin():
+        tenant_id = resolve_call_sid(session, call_sid) if 0 < len(call_sid) <= 64 else None
+        tenant = None
+        if tenant_id is not None:
+            set_tenant_context(session, tenant_id)
+            tenant = session.get(Tenant, tenant_id)
+        yield (session, telephony_scope(tenant)) if tenant is not None else None
+
+
+def bind_call(call_id: uuid.UUID, call_sid: str) -> BoundCall:
+    """Resolve `call_sid` and bind the session to its call (see `RelayService.bind`).
+
+    Raises RelayBindError when the CallSid is unknown or belongs to another call than `call_id`.
+    """
+    with _call_sid_transaction(call_sid) as found:
+        if found is None:
+            raise RelayBindError("unknown CallSid")
+        session, scope = found
+        return RelayService(session, scope).bind(call_id, call_sid)
+
+
+def store_turn(
+    scope: TenantScope,
+    call_id: uuid.UUID,
+    *,
+    seq: int,
+    role: str,
+    text: str,
+    interrupted: bool = False,
+    latency_ms: int | None = None,
+) -> None:
+    """Store one transcript turn in its own transaction."""
+    with tenant_session(scope.tenant_id) as session:
+        RelayService(session, scope).add_turn(
+            call_id, seq=seq, role=role, text=text, interrupted=interrupted, latency_ms=latency_ms
+        )
+
+
+def truncate_turn(scope: TenantScope, call_id: uuid.UUID, *, seq: int, text: str) -> None:
+    """Mark a stored agent turn interrupted, keeping only what was heard."""
+    with tenant_session(scope.tenant_id) as session:
+        RelayService(session, scope).truncate_turn(call_id, seq=seq, text=text)
+
+
+def store_summary(scope: TenantScope, call_id: uuid.UUID, summary: str) -> None:
+    """Store the post-call summary in its own transaction."""
+    with tenant_session(scope.tenant_id) as session:
+        RelayService(session, scope).store_summary(call_id, summary)
+
+
+def relay_action_twiml(call_sid: str, handoff_data: str | None) -> str:
+    """Answer to `POST /telephony/twilio/relay-action`; an unknown CallSid hangs up."""
+    with _call_sid_transaction(call_sid) as found:
+        if found is None:
+            logger.warning("relay action for an unknown CallSid", extra={"sid": call_sid[:64]})
+            return twiml.hangup()
+        session, scope = found
+        call_id = session.scalar(
+            scoped(Call, scope).where(Call.provider_call_sid == call_sid).with_only_columns(Call.id)
+        )
+        if call_id is None:
+            return twiml.hangup()
+        return RelayService(session, scope).after_session_twiml(call_id, handoff_data)

@@ -1,0 +1,393 @@
+"""Twilio's side of a call: routing inbound calls, the plan's call limits, the status state machine.
+
+Twilio is authenticated by its request signature (app/telephony/request.py), not by an API key, so
+these entry points find the tenant themselves: by the dialled number or by the CallSid, each in a
+pinned `system_scope` call site, then bind the transaction to that tenant for everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from twilio.twiml.voice_response import VoiceResponse
+
+from app.config.database import set_tenant_context, system_scope
+from app.config.settings import settings
+from app.models import AIProfile, Call, CallTurn, PhoneNumber, Tenant, UsageRecord
+from app.models.base import utcnow
+from app.plans import get_plan
+from app.schemas.calls import CallOut, CallTurnOut
+from app.services import events
+from app.services.scope import Principal, Role, TenantScope, lock_tenant, scoped
+from app.telephony import twiml
+from app.telephony.signature import public_url, websocket_url
+
+logger = logging.getLogger("vca.telephony")
+
+RELAY_PATH = "/telephony/twilio/relay"
+RELAY_ACTION_PATH = "/telephony/twilio/relay-action"
+VOICE_PATH = "/telephony/twilio/voice"
+STATUS_PATH = "/telephony/twilio/status"
+
+# The answer to a callback that needs no instructions.
+EMPTY_TWIML = str(VoiceResponse())
+
+# Calls that occupy a line: they count against the plan's concurrent-call limit.
+ACTIVE_STATUSES = ("queued", "ringing", "in_progress")
+TERMINAL_STATUSES = frozenset({"completed", "busy", "no_answer", "failed", "canceled", "rejected"})
+# A call only moves forward: queued < ringing < in_progress < any terminal status.
+_RANK = {"queued": 0, "ringing": 1, "in_progress": 2}
+_TERMINAL_RANK = 3
+
+# Twilio's CallStatus values (and "initiated", the status of the `initiated` event) -> ours.
+TWILIO_CALL_STATUSES = {
+    "queued": "queued",
+    "initiated": "queued",
+    "ringing": "ringing",
+    "in-progress": "in_progress",
+    "completed": "completed",
+    "busy": "busy",
+    "no-answer": "no_answer",
+    "failed": "failed",
+    "canceled": "canceled",
+}
+
+# end_reason of a call refused before it was answered.
+REJECT_TENANT_SUSPENDED = "tenant_suspended"
+REJECT_CONCURRENCY_LIMIT = "concurrency_limit"
+REJECT_MINUTES_EXHAUSTED = "minutes_exhausted"
+REJECT_NO_AI_PROFILE = "no_ai_profile"
+
+
+def rank(status: str) -> int:
+    return _TERMINAL_RANK if status in TERMINAL_STATUSES else _RANK[status]
+
+
+def billing_period(moment: datetime) -> str:
+    """The UTC month `moment` falls in, as YYYY-MM (the usage_records period)."""
+    return moment.astimezone(UTC).strftime("%Y-%m")
+
+
+def telephony_scope(tenant: Tenant) -> TenantScope:
+    """The scope Twilio acts in once a signed request has been routed to `tenant`."""
+    return TenantScope(
+        tenant_id=tenant.id,
+        principal=Principal(role=Role.admin, tenant_id=tenant.id),
+        tenant_status=tenant.status,
+        plan=tenant.plan,
+    )
+
+
+@dataclass(frozen=True)
+class RoutableNumber:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    number: str
+    status: str
+    ai_profile_id: uuid.UUID | None
+
+
+def find_number_for_routing(session: Session, number: str) -> RoutableNumber | None:
+    """The platform-wide phone number `number` (E.164) and its tenant, whoever owns it."""
+    with system_scope(session):
+        row = session.execute(
+            select(
+                PhoneNumber.id,
+                PhoneNumber.tenant_id,
+                PhoneNumber.number,
+                PhoneNumber.status,
+                PhoneNumber.ai_profile_id,
+            ).where(PhoneNumber.number == number)
+        ).one_or_none()
+    if row is None:
+        return None
+    return RoutableNumber(row.id, row.tenant_id, row.number, row.status, row.ai_profile_id)
+
+
+def resolve_call_sid(session: Session, call_sid: str) -> uuid.UUID | None:
+    """The tenant owning the call with Twilio CallSid `call_sid`, or None if no call has it."""
+    with system_scope(session):
+        return session.scalar(select(Call.tenant_id).where(Call.provider_call_sid == call_sid))
+
+
+def call_limit_violation(session: Session, tenant: Tenant) -> str | None:
+    """Why `tenant` may not start another call now (an end_reason), or None if it may.
+
+    Exact under concurrency only if the caller holds the tenant row lock (`lock_tenant`) from
+    before this check until its new call is flushed: the count and the insert are then serialized
+    per tenant, so N racing calls against a limit of k admit exactly k.
+    """
+    if tenant.status == "suspended":
+        return REJECT_TENANT_SUSPENDED
+    plan = get_plan(tenant.plan)
+    active = session.scalar(
+        select(func.count())
+        .select_from(Call)
+        .where(Call.tenant_id == tenant.id, Call.status.in_(ACTIVE_STATUSES))
+    )
+    if (active or 0) >= plan.max_concurrent_calls:
+        return REJECT_CONCURRENCY_LIMIT
+    if plan.rejects_when_minutes_run_out:
+        used = session.scalar(
+            select(func.coalesce(func.sum(UsageRecord.minutes), 0)).where(
+                UsageRecord.tenant_id == tenant.id,
+                UsageRecord.period == billing_period(utcnow()),
+            )
+        )
+        if (used or 0) >= plan.included_minutes:
+            return REJECT_MINUTES_EXHAUSTED
+    return None
+
+
+def resolve_ai_profile(
+    session: Session,
+    scope: TenantScope,
+    number_profile_id: uuid.UUID | None,
+) -> AIProfile | None:
+    """The number's profile if it has one, else the tenant's default profile, else None."""
+    if number_profile_id is not None:
+        profile = session.scalars(
+            scoped(AIProfile, scope).where(AIProfile.id == number_profile_id)
+        ).one_or_none()
+        if profile is not None:
+            return profile
+    return session.scalars(scoped(AIProfile, scope).where(AIProfile.is_default.is_(True))).first()
+
+
+def relay_twiml(call: Call, profile: AIProfile) -> str:
+    """The ConversationRelay TwiML that connects `call` to our WebSocket with `profile`'s voice."""
+    base = settings.PUBLIC_BASE_URL or ""
+    return twiml.conversation_relay(
+        ws_url=websocket_url(base, RELAY_PATH),
+        welcome_greeting=profile.greeting or None,
+        language=profile.language,
+        voice=profile.voice or None,
+        parameters={"call_id": str(call.id)},
+        action_url=public_url(base, RELAY_ACTION_PATH, ""),
+    )
+
+
+def call_ended_data(call: Call, turns: list[CallTurn]) -> dict[str, Any]:
+    """The `call.ended` event payload: the call as the API shows it, and its transcript."""
+    return {
+        "call": CallOut.model_validate(call).model_dump(mode="json"),
+        "transcript": [
+            CallTurnOut.model_validate(turn).model_dump(
+                mode="json", include={"seq", "role", "text", "interrupted", "latency_ms"}
+            )
+            for turn in turns
+        ],
+    }
+
+
+def _parse_duration(raw: str | None) -> int | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+class TelephonyService:
+    """Handles Twilio's webhooks. Each method runs inside the request's one transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # -- voice webhook -------------------------------------------------------------------------
+
+    def answer_voice(self, form: dict[str, str]) -> str:
+        """The TwiML answering a (signed) voice webhook; records the inbound call it routes.
+
+        Guarantees: an unknown or inactive `To` is rejected and nothing is stored (no tenant would
+        own the row); a refused call is stored as `rejected` with its end_reason; an admitted one
+        as `ringing`; a CallSid already known (a Twilio retry, or an outbound call we placed being
+        answered) creates nothing and gets the TwiML of the existing call.
+        """
+        call_sid = form.get("CallSid", "").strip()
+        to_number = form.get("To", "").strip()
+        if not call_sid:
+            logger.warning("voice webhook without CallSid")
+            return twiml.reject("rejected")
+
+        tenant_id = resolve_call_sid(self.session, call_sid)
+        if tenant_id is not None:
+            set_tenant_context(self.session, tenant_id)
+            existing = self._call_by_sid(tenant_id, call_sid)
+            if existing is not None:
+                return self._twiml_for_existing(existing)
+
+        if form.get("Direction", "inbound").startswith("outbound"):
+            # Twilio asks for TwiML of an outbound call we have no row for (placed elsewhere).
+            logger.warning("voice webhook for an unknown outbound call", extra={"sid": call_sid})
+            return twiml.hangup()
+
+        number = find_number_for_routing(self.session, to_number) if to_number else None
+        if number is None or number.status != "active":
+            logger.info("inbound call to an unrouted number", extra={"sid": call_sid})
+            return twiml.reject("rejected")
+
+        set_tenant_context(self.session, number.tenant_id)
+        lock_tenant(self.session, number.tenant_id)
+        # A retry racing the first delivery waited for the lock above; the first one's call is
+        # committed and visible now.
+        existing = self._call_by_sid(number.tenant_id, call_sid)
+        if existing is not None:
+            return self._twiml_for_existing(existing)
+        tenant = self.session.get(Tenant, number.tenant_id)
+        if tenant is None:  # deleted between routing and locking
+            return twiml.reject("rejected")
+        scope = telephony_scope(tenant)
+
+        reason = call_limit_violation(self.session, tenant)
+        profile = None
+        if reason is None:
+            profile = resolve_ai_profile(self.session, scope, number.ai_profile_id)
+            if profile is None:
+                reason = REJECT_NO_AI_PROFILE
+
+        now = utcnow()
+        call = Call(
+            tenant_id=tenant.id,
+            phone_number_id=number.id,
+            ai_profile_id=profile.id if profile is not None else None,
+            direction="inbound",
+            status="rejected" if reason else "ringing",
+            from_number=form.get("From", "").strip()[:32] or "unknown",
+            to_number=number.number,
+            provider_call_sid=call_sid,
+            started_at=now,
+            ended_at=now if reason else None,
+            duration_seconds=0 if reason else None,
+            billable_minutes=0,
+            end_reason=reason,
+        )
+        try:
+            with self.session.begin_nested():
+                self.session.add(call)
+                self.session.flush()
+        except IntegrityError:
+            # provider_call_sid is unique: the same CallSid was stored meanwhile (the tenant lock
+            # makes this near impossible for one tenant; the constraint is the guarantee).
+            existing = self._call_by_sid(tenant.id, call_sid)
+            if existing is not None:
+                return self._twiml_for_existing(existing)
+            logger.warning("CallSid already used by another tenant", extra={"sid": call_sid})
+            return twiml.reject("rejected")
+
+        if reason is not None or profile is None:
+            logger.info("inbound call rejected", extra={"reason": reason, "call_id": str(call.id)})
+            return twiml.reject("busy")
+        return relay_twiml(call, profile)
+
+    def _call_by_sid(self, tenant_id: uuid.UUID, call_sid: str) -> Call | None:
+        return self.session.scalars(
+            select(Call).where(Call.tenant_id == tenant_id, Call.provider_call_sid == call_sid)
+        ).one_or_none()
+
+    def _twiml_for_existing(self, call: Call) -> str:
+        if call.status == "rejected":
+            return twiml.reject("busy")
+        if call.status in TERMINAL_STATUSES or call.ai_profile_id is None:
+            return twiml.hangup()
+        profile = self.session.scalars(
+            select(AIProfile).where(
+                AIProfile.tenant_id == call.tenant_id, AIProfile.id == call.ai_profile_id
+            )
+        ).one_or_none()
+        if profile is None:
+            return twiml.hangup()
+        return relay_twiml(call, profile)
+
+    # -- status callback -----------------------------------------------------------------------
+
+    def apply_status_callback(self, form: dict[str, str]) -> None:
+        """Apply a (signed) status callback to its call; unknown calls and statuses are ignored.
+
+        Guarantees (see `transition`): calls only move forward, terminal statuses are final, and
+        the end of a call is metered and announced exactly once whatever the callbacks' order.
+        """
+        call_sid = form.get("CallSid", "").strip()
+        raw_status = form.get("CallStatus", "").strip()
+        status = TWILIO_CALL_STATUSES.get(raw_status)
+        if not call_sid or status is None:
+            logger.warning(
+                "status callback ignored", extra={"sid": call_sid, "call_status": raw_status}
+            )
+            return
+        tenant_id = resolve_call_sid(self.session, call_sid)
+        if tenant_id is None:
+            logger.warning("status callback for an unknown CallSid", extra={"sid": call_sid})
+            return
+        set_tenant_context(self.session, tenant_id)
+        call = self.session.scalars(
+            select(Call)
+            .where(Call.tenant_id == tenant_id, Call.provider_call_sid == call_sid)
+            .with_for_update()
+        ).one_or_none()
+        if call is None:
+            return
+        self.transition(call, status, duration_seconds=_parse_duration(form.get("CallDuration")))
+
+    def transition(self, call: Call, status: str, *, duration_seconds: int | None = None) -> bool:
+        """Move `call` to `status` if that is a step forward; returns whether anything changed.
+
+        The caller must hold the call's row lock (`SELECT ... FOR UPDATE`) in a transaction bound
+        to the call's tenant: with the terminal check below, that makes the end of a call happen
+        once. `in_progress` sets answered_at. A terminal status sets ended_at, duration_seconds,
+        billable_minutes (ceil(duration / 60), only for a call that connected), one usage record
+        for the UTC month of ended_at, and emits `call.ended`.
+        """
+        if call.status in TERMINAL_STATUSES or rank(status) <= rank(call.status):
+            return False
+        now = utcnow()
+        call.status = status
+        if status == "in_progress":
+            call.answered_at = call.answered_at or now
+        if status in TERMINAL_STATUSES:
+            self._end(call, status, duration_seconds, now)
+        self.session.flush()
+        return True
+
+    def _end(self, call: Call, status: str, duration_seconds: int | None, now: datetime) -> None:
+        if duration_seconds is None:
+            # No CallDuration: measure from the answer, if there was one.
+            answered = call.answered_at
+            duration_seconds = int((now - answered).total_seconds()) if answered else 0
+        connected = duration_seconds > 0 and (call.answered_at is not None or status == "completed")
+        if connected and call.answered_at is None:
+            call.answered_at = now - timedelta(seconds=duration_seconds)
+        call.ended_at = now
+        call.duration_seconds = duration_seconds
+        call.billable_minutes = math.ceil(duration_seconds / 60) if connected else 0
+        self.session.flush()
+        # Unique (tenant_id, call_id): even a second path to this point could not meter twice.
+        self.session.execute(
+            pg_insert(UsageRecord)
+            .values(
+                tenant_id=call.tenant_id,
+                call_id=call.id,
+                period=billing_period(now),
+                minutes=call.billable_minutes,
+            )
+            .on_conflict_do_nothing(index_elements=["tenant_id", "call_id"])
+        )
+        turns = list(
+            self.session.scalars(
+                select(CallTurn)
+                .where(CallTurn.tenant_id == call.tenant_id, CallTurn.call_id == call.id)
+                .order_by(CallTurn.seq)
+            )
+        )
+        events.emit_event(self.session, call.tenant_id, "call.ended", call_ended_data(call, turns))

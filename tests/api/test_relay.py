@@ -1,0 +1,667 @@
+"""WS /telephony/twilio/relay: the ConversationRelay protocol, spoken as Twilio speaks it.
+
+The app runs under a real uvicorn on 127.0.0.1 (so concurrent sessions are real), the client is
+the `websockets` library with the handshake signed by the twilio library, and the LLM is
+tests/fakes/fake_llm.py's real SSE server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.testclient import TestClient
+from twilio.request_validator import RequestValidator
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from app.config.database import tenant_session
+from app.config.settings import settings
+from app.llm.agent import reset_llm_client
+from app.models import Call, CallTurn
+from app.services import relay as relay_service
+from app.telephony import relay as relay_protocol
+from app.telephony.relay import APOLOGY, GOODBYE, TIME_LIMIT_GOODBYE, TRANSFER_NOTICE
+from app.telephony.signature import websocket_url
+from tests.fakes.fake_llm import FakeLLM, Script
+from tests.helpers import (
+    RingingCall,
+    TenantFixture,
+    create_number_and_profile,
+    create_ringing_call,
+    random_e164,
+    twilio_call_sid,
+    twilio_post,
+)
+
+RELAY_PATH = "/telephony/twilio/relay"
+BASE = os.environ["PUBLIC_BASE_URL"]
+SIGNED_URL = websocket_url(BASE, RELAY_PATH)
+TIMEOUT = 5.0
+
+
+# --------------------------------------------------------------------------- infrastructure
+
+
+@pytest.fixture(scope="module")
+def server(app: Any) -> Iterator[str]:
+    """The app under uvicorn on an ephemeral port; yields its ws:// base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, log_config=None, log_level="warning", access_log=False, lifespan="off"
+    )
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: uv.run(sockets=[sock]), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not uv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    yield f"ws://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def llm_server() -> Iterator[FakeLLM]:
+    with FakeLLM() as fake:
+        yield fake
+
+
+@pytest.fixture
+def llm(llm_server: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLM]:
+    """The fake LLM, configured as the app's LLM for this test."""
+    llm_server.reset()
+    llm_server.default = Script()
+    llm_server.responder = None
+    monkeypatch.setattr(settings, "LLM_BASE_URL", llm_server.base_url)
+    monkeypatch.setattr(settings, "LLM_MODEL", "fake-model")
+    monkeypatch.setattr(settings, "LLM_TIMEOUT_SECONDS", 5.0)
+    reset_llm_client()
+    yield llm_server
+    reset_llm_client()
+
+
+_open: list[ClientConnection] = []
+
+
+@pytest.fixture(autouse=True)
+def relay_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Quick keypad settling; afterwards every socket closed and every session finished, so a
+    late post-call summary never takes another test's scripted LLM answer."""
+    monkeypatch.setattr(relay_protocol, "DTMF_SETTLE_SECONDS", 0.05)
+    yield
+    while _open:
+        _open.pop().close()
+    eventually(lambda: relay_protocol.live_sessions() == 0, timeout=10)
+
+
+def sign(url: str = SIGNED_URL, token: str | None = None) -> str:
+    return str(
+        RequestValidator(token or os.environ["TWILIO_AUTH_TOKEN"]).compute_signature(url, {})
+    )
+
+
+class Relay:
+    """Twilio's side of the socket."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    def send(self, message: dict[str, Any] | str) -> None:
+        self.ws.send(message if isinstance(message, str) else json.dumps(message))
+
+    def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        frame = self.ws.recv(timeout=timeout)
+        assert isinstance(frame, str)
+        return json.loads(frame)
+
+    def setup(self, call_sid: str, call_id: uuid.UUID | str, **extra: Any) -> None:
+        self.send(
+            {
+                "type": "setup",
+                "sessionId": "VX" + uuid.uuid4().hex,
+                "accountSid": os.environ["TWILIO_ACCOUNT_SID"],
+                "callSid": call_sid,
+                "from": "+14155550100",
+                "to": "+14155550101",
+                "direction": "inbound",
+                "customParameters": {"call_id": str(call_id)},
+                **extra,
+            }
+        )
+
+    def prompt(self, text: str) -> None:
+        self.send({"type": "prompt", "voicePrompt": text, "lang": "en-US", "last": True})
+
+    def answer(self, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+        """Text frames up to and including the one marked last."""
+        frames = []
+        while True:
+            frame = self.recv(timeout)
+            assert frame["type"] == "text", frame
+            frames.append(frame)
+            if frame["last"]:
+                return frames
+
+    def expect_closed(self, code: int = 1008) -> None:
+        with pytest.raises(ConnectionClosed) as closed:
+            self.ws.recv(timeout=TIMEOUT)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == code
+
+
+def open_relay(server: str, *, signature: str | None = None, headers: bool = True) -> Relay:
+    extra = {"X-Twilio-Signature": signature or sign()} if headers else {}
+    ws = connect(
+        server + RELAY_PATH,
+        additional_headers=extra,
+        open_timeout=TIMEOUT,
+        close_timeout=2,
+        compression=None,
+        proxy=None,
+    ).__enter__()
+    _open.append(ws)
+    return Relay(ws)
+
+
+def spoken(frames: list[dict[str, Any]]) -> str:
+    return "".join(frame["token"] for frame in frames)
+
+
+def eventually(check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def stored_turns(call: RingingCall | tuple[uuid.UUID, uuid.UUID]) -> list[tuple[Any, ...]]:
+    tenant_id, call_id = (call.tenant_id, call.call_id) if isinstance(call, RingingCall) else call
+    with tenant_session(tenant_id) as session:
+        turns = session.query(CallTurn).filter_by(call_id=call_id).order_by(CallTurn.seq).all()
+        return [(t.seq, t.role, t.text, t.interrupted, t.latency_ms) for t in turns]
+
+
+def stored_call(tenant_id: uuid.UUID, call_id: uuid.UUID) -> Call:
+    with tenant_session(tenant_id) as session:
+        call = session.get(Call, call_id)
+        assert call is not None
+        return call
+
+
+def llm_messages(llm: FakeLLM, index: int = -1) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in llm.requests[index]["messages"]]
+
+
+# --------------------------------------------------------------------------- the conversation
+
+
+def test_a_call_from_the_voice_webhook_holds_a_conversation(
+    client: TestClient,
+    server: str,
+    llm: FakeLLM,
+    tenant: TenantFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    real_emit = relay_service.emit_event
+
+    def recording_emit(session: Any, tenant_id: uuid.UUID, kind: str, data: Any) -> None:
+        events.append((kind, data))
+        real_emit(session, tenant_id, kind, data)
+
+    monkeypatch.setattr(relay_service, "emit_event", recording_emit)
+
+    # The voice webhook creates the call and hands it to ConversationRelay.
+    setup = create_number_and_profile(
+        tenant.id,
+        system_prompt="You are the receptionist of Acme Dental.",
+        greeting="Thanks for calling Acme Dental.",
+        temperature=0.3,
+        max_tokens=120,
+    )
+    call_sid = twilio_call_sid()
+    voice = twilio_post(
+        client,
+        "/telephony/twilio/voice",
+        {"CallSid": call_sid, "From": random_e164(), "To": setup.number, "Direction": "inbound"},
+    )
+    assert voice.status_code == 200, voice.text
+    relay_el = ET.fromstring(voice.text).find("Connect/ConversationRelay")  # noqa: S314
+    assert relay_el is not None and relay_el.get("url") == SIGNED_URL
+    call_id = uuid.UUID(relay_el.find("Parameter[@name='call_id']").get("value"))  # type: ignore[union-attr]
+
+    llm.push(
+        Script(tokens=["Sure", ",", " I can", " help."], stall_after_tokens=2),
+        Script.text("We open at nine."),
+        Script.text("You chose option five."),
+        Script(tokens=["Goodbye", "!"], tool_call=("end_call", {"reason": "caller is done"})),
+    )
+    relay = open_relay(server)
+    relay.setup(call_sid, call_id)
+
+    # Tokens are forwarded as they arrive: the model stalls after two, and both are already here.
+    relay.prompt("Hi, can you help me?")
+    assert relay.recv() == {"type": "text", "token": "Sure", "last": False}
+    assert relay.recv() == {"type": "text", "token": ",", "last": False}
+
+    # Barge-in: the stream is cancelled at once (the LLM's HTTP response is closed).
+    relay.send(
+        {"type": "interrupt", "utteranceUntilInterrupt": "Sure", "durationUntilInterruptMs": "460"}
+    )
+    eventually(lambda: llm.in_flight == 0, timeout=1.0)
+
+    relay.prompt("When do you open?")
+    frames = relay.answer()
+    assert [f["token"] for f in frames] == ["We", " open", " at", " nine.", ""]
+    assert [f["last"] for f in frames] == [False, False, False, False, True]
+    sent = llm.requests[1]
+    assert llm_messages(llm, 1)[1:] == [
+        ("assistant", "Thanks for calling Acme Dental."),
+        ("user", "Hi, can you help me?"),
+        ("assistant", "Sure"),  # only what the caller heard
+        ("user", "When do you open?"),
+    ]
+    assert sent["messages"][0]["role"] == "system"
+    assert sent["messages"][0]["content"].startswith("You are the receptionist of Acme Dental.")
+    assert sent["model"] == "fake-model"
+    assert sent["temperature"] == 0.3 and sent["max_tokens"] == 120 and sent["stream"] is True
+    # No transfer number on the profile: only end_call is offered.
+    assert [tool["function"]["name"] for tool in sent["tools"]] == ["end_call"]
+
+    relay.send({"type": "dtmf", "digit": "5"})
+    assert spoken(relay.answer()) == "You chose option five."
+    assert llm_messages(llm, 2)[-1] == ("user", "The caller pressed 5 on the keypad.")
+
+    relay.prompt("That's all, thanks.")
+    frames = relay.answer()
+    assert spoken(frames) == "Goodbye!"
+    end = relay.recv()
+    assert end["type"] == "end"
+    assert json.loads(end["handoffData"]) == {"reason": "end_call"}
+    relay.ws.close()
+
+    turns = eventually(
+        lambda: len(stored_turns((tenant.id, call_id))) == 9 and stored_turns((tenant.id, call_id))
+    )
+    assert [(seq, role, text, interrupted) for seq, role, text, interrupted, _ in turns] == [
+        (1, "agent", "Thanks for calling Acme Dental.", False),
+        (2, "caller", "Hi, can you help me?", False),
+        (3, "agent", "Sure", True),
+        (4, "caller", "When do you open?", False),
+        (5, "agent", "We open at nine.", False),
+        (6, "caller", "The caller pressed 5 on the keypad.", False),
+        (7, "agent", "You chose option five.", False),
+        (8, "caller", "That's all, thanks.", False),
+        (9, "agent", "Goodbye!", False),
+    ]
+    latencies = {seq: latency for seq, role, _, _, latency in turns if role == "agent"}
+    assert latencies[1] is None  # the greeting is spoken by Twilio, not answered
+    assert all(latencies[seq] is not None and latencies[seq] >= 0 for seq in (3, 5, 7, 9))
+
+    call = stored_call(tenant.id, call_id)
+    assert call.status == "in_progress" and call.answered_at is not None
+    assert [kind for kind, _ in events] == ["call.started"]
+    assert events[0][1]["call"]["id"] == str(call_id)
+    assert events[0][1]["call"]["status"] == "in_progress"
+
+    # After the socket closes, the post-call summary is written (the fake's default answer).
+    summary = eventually(lambda: stored_call(tenant.id, call_id).summary)
+    assert summary == "Hello from the fake."
+    assert "Caller: When do you open?" in llm.requests[-1]["messages"][1]["content"]
+
+
+def test_interrupting_a_finished_answer_truncates_what_was_stored(
+    server: str, llm: FakeLLM, tenant: TenantFixture
+) -> None:
+    call = create_ringing_call(tenant.id, greeting=None)
+    llm.push(
+        Script.text("Our prices start at fifty dollars for a cleaning."),
+        Script(tokens=["Let", " me", " check"], stall_after_tokens=1),
+        Script.text("Yes."),
+    )
+    relay = open_relay(server)
+    relay.setup(call.call_sid, call.call_id)
+    relay.prompt("How much is a cleaning?")
+    assert spoken(relay.answer()) == "Our prices start at fifty dollars for a cleaning."
+    # Twilio was still reading the answer out when the caller spoke.
+    relay.send(
+        {
+            "type": "interrupt",
+            "utteranceUntilInterrupt": "Our prices start at",
+            "durationUntilInterruptMs": 900,
+        }
+    )
+    eventually(lambda: any(t[3] for t in stored_turns(call)))
+    # A new utterance while the next answer streams (no interrupt message) supersedes it.
+    relay.prompt("And for kids?")
+    assert relay.recv()["token"] == "Let"
+    relay.prompt("Hello?")
+    assert spoken(relay.answer()) == "Yes."
+    assert llm_messages(llm)[1:] == [
+        ("user", "How much is a cleaning?"),
+        ("assistant", "Our prices start at"),
+        ("user", "And for kids?"),
+        ("assistant", "Let"),
+        ("user", "Hello?"),
+    ]
+    relay.ws.close()
+    turns = eventually(lambda: len(stored_turns(call)) == 6 and stored_turns(call))
+    assert [(role, text, interrupted) for _, role, text, interrupted, _ in turns] == [
+        ("caller", "How much is a cleaning?", False),
+        ("agent", "Our prices start at", True),
+        ("caller", "And for kids?", False),
+        ("agent", "Let", True),
+        ("caller", "Hello?", False),
+        ("agent", "Yes.", False),
+    ]
+
+
+def test_transfer_call_ends_the_session_and_the_action_dials_the_transfer_number(
+    client: TestClient, server: str, llm: FakeLLM, tenant: TenantFixture
+) -> None:
+    transfer_to = random_e164()
+    call = create_ringing_call(tenant.id, transfer_number=transfer_to, llm_model="profile-model")
+    llm.push(Script(tokens=[], tool_call=("transfer_call", {"reason": "wants a human"})))
+    relay = open_relay(server)
+    relay.setup(call.call_sid, call.call_id)
+    relay.prompt("Can I talk to a person?")
+    assert relay.answer() == [{"type": "text", "token": TRANSFER_NOTICE, "last": True}]
+    end = relay.recv()
+    assert end["type"] == "end"
+    assert json.loads(end["handoffData"]) == {"reason": "transfer", "transfer_to": transfer_to}
+    request = llm.requests[0]
+    assert request["model"] == "profile-model"
+    assert [t["function"]["name"] for t in request["tools"]] == ["end_call", "transfer_call"]
+    # Once ended, the agent says nothing more.
+    relay.prompt("Hello?")
+    with pytest.raises(TimeoutError):
+        relay.recv(timeout=0.3)
+    relay.ws.close()
+    turns = eventually(lambda: len(stored_turns(call)) == 3 and stored_turns(call))
+    assert turns[-1][1:3] == ("agent", TRANSFER_NOTICE)
+
+    # Twilio then asks the <Connect action> URL what to do with the call.
+    action = twilio_post(
+        client,
+        "/telephony/twilio/relay-action",
+        {"CallSid": call.call_sid, "SessionStatus": "ended", "HandoffData": end["handoffData"]},
+    )
+    assert action.status_code == 200, action.text
+    dial = ET.fromstring(action.text).find("Dial")  # noqa: S314 - our own TwiML
+    assert dial is not None and dial.text == transfer_to
+
+
+def test_end_call_without_words_says_goodbye(
+    server: str, llm: FakeLLM, tenant: TenantFixture
+) -> None:
+    call = create_ringing_call(tenant.id)
+    llm.push(Script(tokens=[], tool_call=("end_call", {})))
+    relay = open_relay(server)
+    relay.setup(call.call_sid, call.call_id)
+    relay.prompt("Bye.")
+    assert relay.answer() == [{"type": "text", "token": GOODBYE, "last": True}]
+    assert relay.recv() == {"type": "end", "handoffData": json.dumps({"reason": "end_call"})}
+    relay.ws.close()
+
+
+# --------------------------------------------------------------------------- failures and limits
+
+
+@pytest.mark.parametrize(
+    "failure", [Script(hang=True), Script(status=500)], ids=["timeout", "error"]
+)
+def test_llm_failure_gets_an_apology_and_the_call_goes_on(
+    server: str,
+    llm: FakeLLM,
+    tenant: TenantFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Script,
+) -> None:
+    monkeypatch.setattr(settings, "LLM_TIMEOUT_SECONDS", 0.3)
+    call = create_ringing_call(tenant.id, greeting=None)
+    llm.push(failure, Script.text("Back again."))
+    relay = open_relay(server)
+    relay.setup(call.call_sid, call.call_id)
+    relay.prompt("Hello?")
+    assert relay.answer() == [{"type": "text", "token": APOLOGY, "last": True}]
+    relay.prompt("Are you there?")
+    assert spoken(relay.answer()) == "Back again."
+    relay.ws.close()
+    turns = eventually(lambda: len(stored_turns(call)) == 4 and stored_turns(call))
+    assert turns[1][1:4] == ("agent", APOLOGY, False)
+    assert turns[1][4] is not None
+
+
+def test_without_an_llm_the_caller_hears_the_apology(
+    server: str, tenant: TenantFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "LLM_BASE_URL", None)
+    reset_llm_client()
+    call = create_ringing_call(tenant.id)
+    relay = open_relay(server)
+    relay.setup(call.call_sid, call.call_id)
+    relay.prompt("Hello?")
+    assert relay.answer() == [{"type": "text", "token": APOLOGY, "last": True}]
+    relay.ws.close()
+    eventually(lambda: len(stored_turns(call)) == 3)
+    assert stored_call(tenant.id, call.call_id).summary is None
+
+
+def test_max_call_duration_ends_the_call(
+    server: str, llm: FakeLLM, tenant: TenantFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limits: list[int] = []
+
+    def short_limit(seconds: int) -> float:
+        limits.append(seconds)
+        return 0.4
+
+    monkeypatch.setattr(relay_protocol, "duration_limit", short_limit)
+    call = create_ringing_call(tenant.id, max_call_duration_seconds=30)
+    llm.push(Script(tokens=["Let", " me", " see"], stall_after_tokens=1))
+    relay = open_relay(server)
+    started = time.monotonic()
+    relay.setup(call.call_sid, call.call_id)
+    relay.prompt("Tell me everything.")
+    assert relay.recv()["token"] == "Let"
+    assert relay.recv() == {"type": "text", "token": TIME_LIMIT_GOODBYE, "last": True}
+    assert relay.recv() == {"type": "end", "handoffData": json.dumps({"reason": "max_duration"})}
+    assert time.monotonic() - started < 2
+    assert limits == [30]
+    relay.ws.close()
+    turns = eventually(lambda: len(stored_turns(call)) == 4 and stored_turns(call))
+    assert [(role, text, interrupted) for _, role, text, interrupted, _ in turns[1:]] == [
+        ("caller", "Tell me everything.", False),
+        ("agent", "Let", True),
+        ("agent", TIME_LIMIT_GOODBYE, False),
+    ]
+
+
+def test_garbage_frames_are_ignored_and_the_session_survives(
+    server: str, llm: FakeLLM, tenant: TenantFixture
+) -> None:
+    call = create_ringing_call(tenant.id)
+    llm.push(Script.text("Still here."))
+    relay = open_relay(server)
+    relay.send("this is not json")  # before setup too
+    relay.setup(call.call_sid, call.call_id)
+    for frame in (
+        "{broken",
+        "[1, 2, 3]",
+        '"just a string"',
+        json.dumps({"type": "no-such-type"}),
+        json.dumps({"no": "type"}),
+        json.dumps({"type": "prompt", "voicePrompt": "x" * (70 * 1024), "last": True}),
+        json.dumps({"type": "prompt", "voicePrompt": 42, "last": True}),
+        json.dumps({"type": "prompt", "voicePrompt": "partial", "last": False}),
+        json.dumps({"type": "dtmf", "digit": "not a key"}),
+        json.dumps({"type": "interrupt", "durationUntilInterruptMs": "soon"}),
+        json.dumps({"type": "error", "description": "Invalid message received"}),
+        json.dumps({"type": "setup", "callSid": "CA" + "0" * 32}),
+    ):
+        relay.send(frame)
+    relay.ws.send(b"\x00\x01binary")
+    relay.prompt("Are you alive?")
+    assert spoken(relay.answer()) == "Still here."
+    assert len(llm.requests) == 1
+    relay.ws.close()
+
+
+def test_two_sessions_do_not_wait_for_each_other(
+    server: str, llm: FakeLLM, tenant: TenantFixture, other_tenant: TenantFixture
+) -> None:
+    def responder(body: dict[str, Any]) -> Script | None:
+        last = body["messages"][-1]["content"]
+        if body.get("stream") and "slow" in last:
+            return Script(tokens=["slow"], first_token_delay=1.5)
+        return Script(tokens=["fast"])
+
+    llm.responder = responder
+    slow_call = create_ringing_call(tenant.id)
+    fast_call = create_ringing_call(other_tenant.id)
+    slow, fast = open_relay(server), open_relay(server)
+    slow.setup(slow_call.call_sid, slow_call.call_id)
+    fast.setup(fast_call.call_sid, fast_call.call_id)
+    # Make sure both sessions are bound before timing.
+    eventually(lambda: len(stored_turns(slow_call)) == 1 and len(stored_turns(fast_call)) == 1)
+
+    arrived: dict[str, float] = {}
+
+    def first_frame(name: str, relay: Relay) -> None:
+        relay.recv()
+        arrived[name] = time.perf_counter()
+
+    readers = [
+        threading.Thread(target=first_frame, args=("slow", slow)),
+        threading.Thread(target=first_frame, args=("fast", fast)),
+    ]
+    for reader in readers:
+        reader.start()
+    sent_at = time.perf_counter()
+    slow.prompt("slow please")
+    fast.prompt("fast please")
+    for reader in readers:
+        reader.join(timeout=TIMEOUT)
+    assert set(arrived) == {"slow", "fast"}
+    assert arrived["fast"] < arrived["slow"]
+    assert arrived["fast"] - sent_at < 1.0
+    assert arrived["slow"] - sent_at >= 1.5
+    slow.ws.close()
+    fast.ws.close()
+
+
+def test_a_reconnect_resumes_the_conversation(
+    server: str, llm: FakeLLM, tenant: TenantFixture
+) -> None:
+    call = create_ringing_call(tenant.id, greeting="Hello!")
+    llm.push(Script.text("First answer."))
+    first = open_relay(server)
+    first.setup(call.call_sid, call.call_id)
+    first.prompt("One.")
+    first.answer()
+    first.ws.close()
+    # The first session is over once its post-call summary is written.
+    eventually(lambda: relay_protocol.live_sessions() == 0)
+    assert len(stored_turns(call)) == 3
+    llm.push(Script.text("Second answer."))
+
+    second = open_relay(server)
+    second.setup(call.call_sid, call.call_id)
+    second.prompt("Two.")
+    assert spoken(second.answer()) == "Second answer."
+    assert llm_messages(llm)[1:] == [
+        ("assistant", "Hello!"),
+        ("user", "One."),
+        ("assistant", "First answer."),
+        ("user", "Two."),
+    ]
+    second.ws.close()
+    turns = eventually(lambda: len(stored_turns(call)) == 5 and stored_turns(call))
+    assert [seq for seq, *_ in turns] == [1, 2, 3, 4, 5]
+
+
+# --------------------------------------------------------------------------- who may connect
+
+
+def test_a_bad_or_missing_signature_is_refused(server: str) -> None:
+    for signature, headers in (
+        (sign(token="not-the-token"), True),
+        (sign(url="wss://elsewhere.example.test" + RELAY_PATH), True),
+        (None, False),
+    ):
+        with pytest.raises(InvalidStatus) as refused:
+            open_relay(server, signature=signature, headers=headers)
+        assert refused.value.response.status_code == 403
+
+
+def test_without_telephony_configured_the_handshake_is_refused(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "TWILIO_AUTH_TOKEN", None)
+    with pytest.raises(InvalidStatus) as refused:
+        open_relay(server)
+    assert refused.value.response.status_code == 403
+
+
+def test_the_first_message_must_be_setup(server: str) -> None:
+    relay = open_relay(server)
+    relay.prompt("Hello")
+    relay.expect_closed()
+
+
+def test_an_unknown_call_is_closed(server: str, tenant: TenantFixture) -> None:
+    call = create_ringing_call(tenant.id)
+    for call_sid, call_id in (
+        (twilio_call_sid(), call.call_id),  # unknown CallSid
+        (call.call_sid, uuid.uuid4()),  # the CallSid's call is another one
+        (call.call_sid, "not-a-uuid"),
+        ("", call.call_id),
+    ):
+        relay = open_relay(server)
+        relay.setup(call_sid, call_id)
+        relay.expect_closed()
+    assert stored_call(tenant.id, call.call_id).status == "ringing"
+
+
+def test_a_foreign_call_is_closed_and_left_untouched(
+    server: str, tenant: TenantFixture, other_tenant: TenantFixture
+) -> None:
+    mine = create_ringing_call(tenant.id)
+    theirs = create_ringing_call(other_tenant.id)
+    relay = open_relay(server)
+    relay.setup(mine.call_sid, theirs.call_id)  # another tenant's call id with my CallSid
+    relay.expect_closed()
+    relay = open_relay(server)
+    relay.setup(theirs.call_sid, mine.call_id)
+    relay.expect_closed()
+    for call in (mine, theirs):
+        assert stored_call(call.tenant_id, call.call_id).status == "ringing"
+        assert stored_turns(call) == []
+
+
+def test_a_finished_call_cannot_be_bound(server: str, tenant: TenantFixture) -> None:
+    call = create_ringing_call(tenant.id)
+    with tenant_session(tenant.id) as session:
+        row = session.get(Call, call.call_id)
+        assert row is not None
+        row.status = "completed"
+    relay = open_relay(server)
+    relay.setup(call.call_sid, call.call_id)
+    relay.expect_closed()
+    assert stored_turns(call) == []

@@ -1,0 +1,155 @@
+"""The plan's call limits hold under concurrency (SPEC §6), against the real database."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+from starlette.testclient import TestClient
+
+from app.config.database import tenant_session
+from app.models import Tenant, UsageRecord
+from app.plans import get_plan
+from app.services.telephony import TelephonyService, billing_period, call_limit_violation
+from tests.conftest import DB_URLS
+from tests.helpers import (
+    count_tenant_rows,
+    create_number_and_profile,
+    insert_call,
+    make_tenant,
+    parse_twiml,
+    random_e164,
+    twilio_call_sid,
+)
+
+RACERS = 20
+
+
+def test_twenty_simultaneous_inbound_calls_against_a_limit_of_five_admit_exactly_five(
+    client: TestClient, admin_headers: dict[str, str], owner_engine: Engine
+) -> None:
+    tenant = make_tenant(client, admin_headers, plan="starter")
+    assert get_plan("starter").max_concurrent_calls == 5
+    setup = create_number_and_profile(tenant.id)
+    # One connection per racer, outside the app's pool, so no racer waits for a connection.
+    engine = create_engine(DB_URLS.app, poolclass=NullPool)
+    barrier = threading.Barrier(RACERS)
+    answers: list[str] = []
+    errors: list[BaseException] = []
+
+    def inbound_call() -> None:
+        form = {"CallSid": twilio_call_sid(), "From": random_e164(), "To": setup.number}
+        try:
+            with Session(engine) as session, session.begin():
+                barrier.wait(timeout=10)
+                answers.append(TelephonyService(session).answer_voice(form))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=inbound_call) for _ in range(RACERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    engine.dispose()
+
+    assert errors == []
+    verdicts = Counter(
+        "relay" if parse_twiml(a).find("Connect/ConversationRelay") is not None else "reject"
+        for a in answers
+    )
+    assert verdicts == {"relay": 5, "reject": 15}
+    assert count_tenant_rows(owner_engine, "calls", tenant.id, "status = 'ringing'") == 5
+    rejected = "status = 'rejected' AND end_reason = 'concurrency_limit'"
+    assert count_tenant_rows(owner_engine, "calls", tenant.id, rejected) == 15
+    assert count_tenant_rows(owner_engine, "calls", tenant.id) == RACERS
+
+
+def test_simultaneous_retries_of_one_call_sid_create_one_call(
+    client: TestClient, admin_headers: dict[str, str], owner_engine: Engine
+) -> None:
+    """Twilio's retries can overlap the first delivery: one row, and every answer is the same."""
+    tenant = make_tenant(client, admin_headers, plan="pro")
+    setup = create_number_and_profile(tenant.id)
+    form = {"CallSid": twilio_call_sid(), "From": random_e164(), "To": setup.number}
+    engine = create_engine(DB_URLS.app, poolclass=NullPool)
+    barrier = threading.Barrier(6)
+    answers: list[str] = []
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            with Session(engine) as session, session.begin():
+                barrier.wait(timeout=10)
+                answers.append(TelephonyService(session).answer_voice(dict(form)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=deliver) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    engine.dispose()
+
+    assert errors == []
+    assert len(answers) == 6 and len(set(answers)) == 1
+    assert parse_twiml(answers[0]).find("Connect/ConversationRelay") is not None
+    assert count_tenant_rows(owner_engine, "calls", tenant.id) == 1
+
+
+def _verdict(tenant_id: uuid.UUID) -> str | None:
+    with tenant_session(tenant_id) as session:
+        tenant = session.get(Tenant, tenant_id)
+        assert tenant is not None
+        return call_limit_violation(session, tenant)
+
+
+def _use(tenant_id: uuid.UUID, minutes: int, period: str) -> None:
+    call_id = insert_call(tenant_id, status="completed", billable_minutes=minutes)
+    with tenant_session(tenant_id) as session:
+        session.add(
+            UsageRecord(tenant_id=tenant_id, call_id=call_id, period=period, minutes=minutes)
+        )
+
+
+def test_free_minutes_are_counted_per_utc_month(
+    client: TestClient, admin_headers: dict[str, str]
+) -> None:
+    tenant = make_tenant(client, admin_headers, plan="free")
+    included = get_plan("free").included_minutes
+    this_month = datetime.now(UTC).strftime("%Y-%m")
+    assert _verdict(tenant.id) is None
+    _use(tenant.id, included * 3, "1999-12")
+    _use(tenant.id, included - 1, this_month)
+    assert _verdict(tenant.id) is None
+    _use(tenant.id, 1, this_month)
+    assert _verdict(tenant.id) == "minutes_exhausted"
+
+
+def test_limits_apply_in_order_suspension_then_lines_then_minutes(
+    client: TestClient, admin_headers: dict[str, str]
+) -> None:
+    tenant = make_tenant(client, admin_headers, plan="free")
+    _use(tenant.id, 60, datetime.now(UTC).strftime("%Y-%m"))
+    assert _verdict(tenant.id) == "minutes_exhausted"
+    insert_call(tenant.id, status="in_progress")
+    assert _verdict(tenant.id) == "concurrency_limit"
+    client.patch(
+        f"/api/v1/tenants/{tenant.id}", json={"status": "suspended"}, headers=admin_headers
+    )
+    assert _verdict(tenant.id) == "tenant_suspended"
+
+
+def test_billing_period_is_the_utc_month() -> None:
+    from datetime import timedelta, timezone
+
+    # 23:30 on 31 January in New York is already February in UTC.
+    new_york = timezone(timedelta(hours=-5))
+    assert billing_period(datetime(2026, 1, 31, 23, 30, tzinfo=new_york)) == "2026-02"
+    assert billing_period(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == "2026-12"

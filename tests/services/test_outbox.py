@@ -1,0 +1,148 @@
+"""The transactional outbox: emit_event writes in the caller's transaction and wakes workers on commit."""
+
+from __future__ import annotations
+
+import select
+import uuid
+from datetime import UTC, datetime
+from typing import Any, get_args
+
+import psycopg2
+import pytest
+from sqlalchemy import Engine, text
+from starlette.testclient import TestClient
+
+from app.config.database import tenant_session
+from app.schemas.webhooks import EventType
+from app.services.events import EVENT_TYPES, NOTIFY_CHANNEL, emit_event
+from tests.conftest import DB_URLS
+from tests.helpers import TenantFixture
+
+
+def _endpoint(client: TestClient, tenant: TenantFixture, **body: Any) -> dict[str, Any]:
+    response = client.post(
+        tenant.url("/webhooks"),
+        json={"url": "http://127.0.0.1:9/hooks", **body},
+        headers=tenant.headers,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def _rows(owner_engine: Engine, sql: str, **params: Any) -> list[Any]:
+    with owner_engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        return list(conn.execute(text(sql), params).all())
+
+
+def _deliveries(owner_engine: Engine, tenant_id: uuid.UUID) -> list[Any]:
+    return _rows(
+        owner_engine,
+        "SELECT d.endpoint_id, d.event_id, d.event_type, d.status, d.next_attempt_at, e.payload"
+        " FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id"
+        " WHERE d.tenant_id = :t",
+        t=tenant_id,
+    )
+
+
+def test_schema_event_types_match_the_service() -> None:
+    assert get_args(EventType) == EVENT_TYPES
+
+
+def test_one_delivery_per_enabled_subscribed_endpoint(
+    client: TestClient, tenant: TenantFixture, other_tenant: TenantFixture, owner_engine: Engine
+) -> None:
+    everything = _endpoint(client, tenant)
+    ended = _endpoint(client, tenant, event_types=["call.ended"])
+    started_only = _endpoint(client, tenant, event_types=["call.started"])
+    disabled = _endpoint(client, tenant, enabled=False)
+    foreign = _endpoint(client, other_tenant)
+    call_id = uuid.uuid4()
+    ended_at = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+    with tenant_session(tenant.id) as session:
+        emit_event(
+            session, tenant.id, "call.ended", {"call_id": call_id, "ended_at": ended_at, "n": 3}
+        )
+
+    rows = _deliveries(owner_engine, tenant.id)
+    assert {r.endpoint_id for r in rows} == {
+        uuid.UUID(everything["id"]),
+        uuid.UUID(ended["id"]),
+    }
+    assert {uuid.UUID(started_only["id"]), uuid.UUID(disabled["id"])}.isdisjoint(
+        r.endpoint_id for r in rows
+    )
+    assert len({r.event_id for r in rows}) == 1
+    assert all(r.status == "pending" and r.event_type == "call.ended" for r in rows)
+    payload = rows[0].payload
+    assert payload["type"] == "call.ended"
+    assert payload["data"] == {"call_id": str(call_id), "ended_at": ended_at.isoformat(), "n": 3}
+    assert datetime.fromisoformat(payload["timestamp"]).tzinfo is not None
+    assert _deliveries(owner_engine, other_tenant.id) == []
+    assert foreign["tenant_id"] == str(other_tenant.id)
+
+
+def test_a_rolled_back_change_sends_nothing(
+    client: TestClient, tenant: TenantFixture, owner_engine: Engine
+) -> None:
+    _endpoint(client, tenant)
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), tenant_session(tenant.id) as session:
+        emit_event(session, tenant.id, "call.ended", {"call_id": str(uuid.uuid4())})
+        raise Boom()
+
+    events = _rows(owner_engine, "SELECT id FROM webhook_events WHERE tenant_id = :t", t=tenant.id)
+    assert events == []
+    assert _deliveries(owner_engine, tenant.id) == []
+
+
+def test_an_event_without_subscribers_is_kept_but_delivered_nowhere(
+    client: TestClient, tenant: TenantFixture, owner_engine: Engine
+) -> None:
+    _endpoint(client, tenant, event_types=["call.started"])
+    with tenant_session(tenant.id) as session:
+        emit_event(session, tenant.id, "usage.threshold_reached", {"percent": 80})
+    events = _rows(
+        owner_engine, "SELECT event_type FROM webhook_events WHERE tenant_id = :t", t=tenant.id
+    )
+    assert [e.event_type for e in events] == ["usage.threshold_reached"]
+    assert _deliveries(owner_engine, tenant.id) == []
+
+
+def test_unknown_event_type_is_a_programming_error(tenant: TenantFixture) -> None:
+    with pytest.raises(ValueError, match="unknown event type"), tenant_session(tenant.id) as s:
+        emit_event(s, tenant.id, "call.exploded", {})
+
+
+def test_emit_needs_the_tenants_context(client: TestClient, tenant: TenantFixture) -> None:
+    # Row-level security: a transaction bound to another tenant cannot write this tenant's events.
+    other = uuid.uuid4()
+    with pytest.raises(Exception, match="row-level security"), tenant_session(other) as session:
+        emit_event(session, tenant.id, "call.ended", {})
+
+
+def test_notify_is_delivered_only_at_commit(client: TestClient, tenant: TenantFixture) -> None:
+    _endpoint(client, tenant)
+    listener = psycopg2.connect(DB_URLS.app.replace("postgresql+psycopg2://", "postgresql://"))
+    listener.autocommit = True
+    try:
+        listener.cursor().execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+        def notified(timeout: float) -> bool:
+            if select.select([listener], [], [], timeout)[0]:
+                listener.poll()
+            got = bool(listener.notifies)
+            listener.notifies.clear()
+            return got
+
+        with tenant_session(tenant.id) as session:
+            emit_event(session, tenant.id, "call.started", {"call_id": str(uuid.uuid4())})
+            session.flush()
+            assert not notified(0.2)
+        assert notified(2.0)
+    finally:
+        listener.close()

@@ -1,0 +1,190 @@
+"""RelaySession driven directly (no socket): keypad input, hang-ups, the prompt window.
+
+The session's dependencies are real: PostgreSQL through app/services/relay.py, and the fake LLM
+server through an LLMClient handed in as the session's client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from app.config.database import tenant_session
+from app.llm.agent import MAX_HISTORY_MESSAGES, ConversationEntry, build_messages
+from app.llm.client import LLMClient
+from app.models import CallTurn
+from app.telephony.relay import APOLOGY, RelaySession
+from tests.fakes.fake_llm import FakeLLM, Script
+from tests.helpers import RingingCall, TenantFixture, create_ringing_call
+
+
+@pytest.fixture(scope="module")
+def llm_server() -> Iterator[FakeLLM]:
+    with FakeLLM() as fake:
+        yield fake
+
+
+@pytest.fixture
+def llm(llm_server: FakeLLM) -> FakeLLM:
+    llm_server.reset()
+    return llm_server
+
+
+class Harness:
+    """A session plus the frames it sent, on the running event loop."""
+
+    def __init__(self, llm: FakeLLM, **options: Any) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self.client = LLMClient(
+            base_url=llm.base_url, api_key=None, default_model="fake", timeout_seconds=5
+        )
+
+        async def send(text: str) -> None:
+            self.frames.append(json.loads(text))
+
+        self.session = RelaySession(send, llm=lambda: self.client, **options)
+
+    async def setup(self, call: RingingCall) -> None:
+        await self.message(
+            type="setup", callSid=call.call_sid, customParameters={"call_id": str(call.call_id)}
+        )
+        assert self.session.call is not None
+
+    async def message(self, **fields: Any) -> None:
+        await self.session.handle_message(json.dumps(fields))
+
+    async def until(self, check: Callable[[], bool], timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.005)
+
+    def answered(self) -> bool:
+        return any(f["type"] == "text" and f["last"] for f in self.frames)
+
+
+def answers(llm: FakeLLM) -> list[dict[str, Any]]:
+    """The streamed (answer) requests; close() also asks for a post-call summary."""
+    return [request for request in llm.requests if request.get("stream")]
+
+
+def turns(call: RingingCall) -> list[tuple[str, str, bool]]:
+    with tenant_session(call.tenant_id) as session:
+        rows = session.query(CallTurn).filter_by(call_id=call.call_id).order_by(CallTurn.seq)
+        return [(t.role, t.text, t.interrupted) for t in rows]
+
+
+def test_keys_pressed_in_a_burst_are_one_caller_turn(llm: FakeLLM, tenant: TenantFixture) -> None:
+    call = create_ringing_call(tenant.id, greeting=None)
+    llm.push(Script.text("Thanks, account 123 found."))
+
+    async def scenario() -> Harness:
+        harness = Harness(llm, dtmf_settle_seconds=0.1)
+        await harness.setup(call)
+        for digit in "123#":
+            await harness.message(type="dtmf", digit=digit)
+        await harness.until(harness.answered)
+        await harness.session.close()
+        return harness
+
+    asyncio.run(scenario())
+    assert len(answers(llm)) == 1
+    assert answers(llm)[0]["messages"][-1] == {
+        "role": "user",
+        "content": "The caller pressed 123# on the keypad.",
+    }
+    # close() returns only once the transcript is written.
+    assert turns(call) == [
+        ("caller", "The caller pressed 123# on the keypad.", False),
+        ("agent", "Thanks, account 123 found.", False),
+    ]
+
+
+def test_keys_then_speech_are_answered_once(llm: FakeLLM, tenant: TenantFixture) -> None:
+    call = create_ringing_call(tenant.id, greeting=None)
+    llm.push(Script.text("Got it."))
+
+    async def scenario() -> None:
+        harness = Harness(llm, dtmf_settle_seconds=5)
+        await harness.setup(call)
+        await harness.message(type="dtmf", digit="7")
+        await harness.message(type="prompt", voicePrompt="That's my choice.", last=True)
+        await harness.until(harness.answered)
+        await harness.session.close()
+
+    asyncio.run(scenario())
+    assert [m["content"] for m in answers(llm)[0]["messages"][1:]] == [
+        "The caller pressed 7 on the keypad.",
+        "That's my choice.",
+    ]
+    assert len(answers(llm)) == 1
+    assert [role for role, _, _ in turns(call)] == ["caller", "caller", "agent"]
+
+
+def test_hanging_up_mid_answer_keeps_what_was_sent(llm: FakeLLM, tenant: TenantFixture) -> None:
+    call = create_ringing_call(tenant.id, greeting=None)
+    llm.push(Script(tokens=["We are", " open", " until"], stall_after_tokens=2))
+
+    async def scenario() -> Harness:
+        harness = Harness(llm)
+        await harness.setup(call)
+        await harness.message(type="prompt", voicePrompt="Are you open?", last=True)
+        await harness.until(lambda: len(harness.frames) == 2)
+        await harness.session.close()
+        await harness.until(lambda: llm.in_flight == 0)
+        return harness
+
+    harness = asyncio.run(scenario())
+    assert [f["token"] for f in harness.frames] == ["We are", " open"]
+    assert turns(call) == [("caller", "Are you open?", False), ("agent", "We are open", True)]
+
+
+def test_close_before_setup_is_harmless(llm: FakeLLM) -> None:
+    async def scenario() -> Harness:
+        harness = Harness(llm)
+        await harness.session.close()
+        await harness.session.handle_message(json.dumps({"type": "prompt", "voicePrompt": "hi"}))
+        return harness
+
+    harness = asyncio.run(scenario())
+    assert harness.frames == [] and llm.requests == []
+
+
+def test_the_model_sees_the_system_prompt_and_the_latest_utterances() -> None:
+    history = [
+        ConversationEntry(role="caller" if i % 2 == 0 else "agent", text=f"utterance {i}")
+        for i in range(MAX_HISTORY_MESSAGES + 40)
+    ]
+    history.insert(5, ConversationEntry(role="agent", text="", interrupted=True))
+    messages = build_messages("Be kind.", history, can_transfer=False)
+    assert len(messages) == MAX_HISTORY_MESSAGES + 1
+    assert messages[0]["role"] == "system" and messages[0]["content"].startswith("Be kind.")
+    assert "transfer_call" not in messages[0]["content"]
+    assert messages[-1] == {
+        "role": "assistant",
+        "content": f"utterance {MAX_HISTORY_MESSAGES + 39}",
+    }
+    assert messages[1]["content"] == "utterance 40"
+    assert "transfer_call" in build_messages("", history, can_transfer=True)[0]["content"]
+
+
+def test_an_empty_answer_is_never_silence(llm: FakeLLM, tenant: TenantFixture) -> None:
+    call = create_ringing_call(tenant.id, greeting=None)
+    llm.push(Script(tokens=[]), Script(tokens=[], tool_call=("no_such_tool", {})))
+
+    async def scenario() -> Harness:
+        harness = Harness(llm)
+        await harness.setup(call)
+        for words in ("Hello?", "Anyone?"):
+            harness.frames.clear()
+            await harness.message(type="prompt", voicePrompt=words, last=True)
+            await harness.until(harness.answered)
+            assert harness.frames == [{"type": "text", "token": APOLOGY, "last": True}]
+        await harness.session.close()
+        return harness
+
+    asyncio.run(scenario())
+    assert [text for _, text, _ in turns(call)] == ["Hello?", APOLOGY, "Anyone?", APOLOGY]

@@ -1,0 +1,711 @@
+"""The webhook worker against a real receiver that verifies signatures with `standardwebhooks`.
+
+Time is injected (`run_once(now=...)`) so days of retries run in milliseconds. Workers here claim
+only their test's tenants (`tenant_ids`), since every test shares one database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from standardwebhooks import Webhook
+from starlette.testclient import TestClient
+
+from app.config.database import tenant_session
+from app.config.settings import settings
+from app.models.base import utcnow
+from app.services.events import emit_event
+from app.services.webhooks import (
+    DISABLED_FAILING,
+    DISABLED_GONE,
+    MAX_ATTEMPTS,
+    RETRY_DELAYS,
+    DeliveryOutcome,
+    record_delivery_outcomes,
+)
+from app.webhooks.sender import DeliveryResult
+from app.worker import WebhookWorker
+from tests.fakes.receiver import Reply, SubprocessWebhookReceiver, WebhookReceiver
+from tests.helpers import (
+    TenantFixture,
+    create_number_and_profile,
+    random_e164,
+    twilio_call_sid,
+    twilio_post,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as server:
+        yield server
+
+
+@pytest.fixture
+def endpoint(
+    client: TestClient, tenant: TenantFixture, receiver: WebhookReceiver
+) -> dict[str, Any]:
+    response = client.post(
+        tenant.url("/webhooks"), json={"url": receiver.url()}, headers=tenant.headers
+    )
+    assert response.status_code == 201, response.text
+    created = response.json()
+    receiver.secret = created["secret"]
+    return created
+
+
+@pytest.fixture
+def make_worker(tenant: TenantFixture) -> Iterator[Callable[..., WebhookWorker]]:
+    workers: list[WebhookWorker] = []
+
+    def make(**kwargs: Any) -> WebhookWorker:
+        kwargs.setdefault("tenant_ids", [tenant.id])
+        worker = WebhookWorker(**kwargs)
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.close()
+
+
+def _emit(tenant: TenantFixture, event_type: str = "call.ended", count: int = 1) -> list[str]:
+    call_ids = [str(uuid.uuid4()) for _ in range(count)]
+    with tenant_session(tenant.id) as session:
+        for call_id in call_ids:
+            emit_event(session, tenant.id, event_type, {"call_id": call_id})
+    return call_ids
+
+
+def _delivery(owner_engine: Engine, tenant: TenantFixture) -> Any:
+    rows = _deliveries(owner_engine, tenant)
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def _deliveries(owner_engine: Engine, tenant: TenantFixture) -> list[Any]:
+    with owner_engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        return list(
+            conn.execute(
+                text("SELECT * FROM webhook_deliveries WHERE tenant_id = :t ORDER BY created_at"),
+                {"t": tenant.id},
+            ).all()
+        )
+
+
+def _attempts(owner_engine: Engine, delivery_id: uuid.UUID) -> list[Any]:
+    with owner_engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        return list(
+            conn.execute(
+                text(
+                    "SELECT * FROM webhook_delivery_attempts WHERE delivery_id = :d"
+                    " ORDER BY created_at, id"
+                ),
+                {"d": delivery_id},
+            ).all()
+        )
+
+
+def _endpoint_row(owner_engine: Engine, endpoint_id: str) -> Any:
+    with owner_engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        return conn.execute(
+            text("SELECT * FROM webhook_endpoints WHERE id = :e"), {"e": endpoint_id}
+        ).one()
+
+
+# --- delivery ---------------------------------------------------------------------------------
+
+
+def test_a_call_ended_event_is_delivered_signed_exactly_once(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+) -> None:
+    (call_id,) = _emit(tenant)
+    worker = make_worker()
+    assert worker.run_once() == 1
+    assert worker.run_once() == 0
+
+    (got,) = receiver.received
+    assert got.verified, got.error
+    assert got.path == "/hooks"
+    assert got.payload["type"] == "call.ended"
+    assert got.payload["data"] == {"call_id": call_id}
+    assert got.headers["content-type"] == "application/json"
+    delivery = _delivery(owner_engine, tenant)
+    assert got.webhook_id == str(delivery.id)
+    assert abs(int(got.headers["webhook-timestamp"]) - time.time()) < 5
+    # A receiver holding another secret rejects it: the signature really depends on the secret.
+    other_secret = Webhook("whsec_" + "A" * 44)
+    with pytest.raises(Exception, match="signature"):
+        other_secret.verify(got.body, got.headers)
+
+    assert delivery.status == "succeeded"
+    assert delivery.attempt_count == 1
+    assert delivery.last_status_code == 204
+    assert delivery.delivered_at is not None and delivery.next_attempt_at is None
+    assert delivery.lease_expires_at is None
+    (attempt,) = _attempts(owner_engine, delivery.id)
+    assert attempt.status_code == 204 and attempt.error is None and attempt.duration_ms >= 0
+
+
+def test_retry_schedule_then_dead_with_the_same_webhook_id(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+) -> None:
+    receiver.default = Reply(500, body=b"database down")
+    _emit(tenant)
+    worker = make_worker()
+    now = utcnow()
+    schedule: list[timedelta] = []
+    assert worker.run_once(now=now) == 1
+    for attempt in range(2, MAX_ATTEMPTS + 1):
+        delivery = _delivery(owner_engine, tenant)
+        assert delivery.status == "failed"
+        assert delivery.attempt_count == attempt - 1
+        schedule.append(delivery.next_attempt_at - now)
+        # Not due a microsecond early...
+        assert worker.run_once(now=delivery.next_attempt_at - timedelta(microseconds=1)) == 0
+        # ...and due on time.
+        now = delivery.next_attempt_at
+        assert worker.run_once(now=now) == 1
+
+    assert schedule == [
+        timedelta(seconds=5),
+        timedelta(minutes=5),
+        timedelta(minutes=30),
+        timedelta(hours=2),
+        timedelta(hours=5),
+        timedelta(hours=10),
+        timedelta(hours=10),
+    ]
+    assert tuple(schedule) == RETRY_DELAYS
+    delivery = _delivery(owner_engine, tenant)
+    assert delivery.status == "dead" and delivery.next_attempt_at is None
+    assert delivery.attempt_count == MAX_ATTEMPTS == 8
+    assert delivery.last_status_code == 500 and delivery.last_error == "HTTP 500"
+    assert worker.run_once(now=now + timedelta(days=30)) == 0
+    assert receiver.counts_by_id() == {str(delivery.id): 8}
+    attempts = _attempts(owner_engine, delivery.id)
+    assert [a.attempt_number for a in attempts] == list(range(1, 9))
+    assert attempts[0].response_excerpt == "database down"
+
+
+def test_retry_after_wins_only_when_longer(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+) -> None:
+    receiver.respond(Reply(503, retry_after="3600"), Reply(429, retry_after="1"), Reply(200))
+    _emit(tenant)
+    worker = make_worker()
+    now = utcnow()
+    assert worker.run_once(now=now) == 1
+    first = _delivery(owner_engine, tenant)
+    assert first.next_attempt_at - now == timedelta(hours=1)  # Retry-After 3600 > 5 s
+    assert worker.run_once(now=now + timedelta(seconds=5)) == 0
+
+    now = first.next_attempt_at
+    assert worker.run_once(now=now) == 1
+    second = _delivery(owner_engine, tenant)
+    assert second.last_status_code == 429
+    assert second.next_attempt_at - now == timedelta(minutes=5)  # Retry-After 1 < 5 min
+
+    assert worker.run_once(now=second.next_attempt_at) == 1
+    third = _delivery(owner_engine, tenant)
+    assert third.status == "succeeded" and third.attempt_count == 3
+    assert len(receiver.counts_by_id()) == 1
+
+
+def test_redirects_and_timeouts_are_failures(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+) -> None:
+    receiver.respond(Reply(302), Reply(200, delay=1.5))
+    _emit(tenant)
+    worker = make_worker(timeout_seconds=0.5)
+    now = utcnow()
+    worker.run_once(now=now)
+    delivery = _delivery(owner_engine, tenant)
+    assert delivery.status == "failed" and delivery.last_status_code == 302
+    assert "redirect" in delivery.last_error
+
+    worker.run_once(now=delivery.next_attempt_at)
+    delivery = _delivery(owner_engine, tenant)
+    assert delivery.status == "failed" and delivery.last_status_code is None
+    assert "timed out" in delivery.last_error
+    assert delivery.attempt_count == 2
+
+
+def test_410_disables_the_endpoint(
+    client: TestClient,
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+) -> None:
+    receiver.respond(Reply(410))
+    _emit(tenant, count=2)
+    worker = make_worker(batch_size=1)
+    assert worker.run_once() == 1
+    row = _endpoint_row(owner_engine, endpoint["id"])
+    assert row.enabled is False and row.disabled_reason == DISABLED_GONE
+    shown = client.get(tenant.url(f"/webhooks/{endpoint['id']}"), headers=tenant.headers).json()
+    assert shown["enabled"] is False and shown["disabled_reason"] == DISABLED_GONE
+
+    # The one already queued is not sent; new events create nothing for a disabled endpoint.
+    assert worker.run_once() == 1
+    assert len(receiver.received) == 1
+    statuses = sorted(d.status for d in _deliveries(owner_engine, tenant))
+    assert statuses == ["dead", "dead"]
+    _emit(tenant)
+    assert len(_deliveries(owner_engine, tenant)) == 2
+
+    # Enabling it again clears the reason; the dead ones can be redelivered by hand.
+    response = client.patch(
+        tenant.url(f"/webhooks/{endpoint['id']}"), json={"enabled": True}, headers=tenant.headers
+    )
+    assert response.json()["enabled"] is True and response.json()["disabled_reason"] is None
+
+
+def test_an_endpoint_failing_for_five_days_is_disabled_and_success_resets_the_streak(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+) -> None:
+    worker = make_worker()
+    receiver.respond(Reply(500), Reply(204))
+    _emit(tenant)
+    start = utcnow()
+    worker.run_once(now=start)
+    assert _endpoint_row(owner_engine, endpoint["id"]).failing_since == start
+    worker.run_once(now=start + timedelta(seconds=5))
+    assert _endpoint_row(owner_engine, endpoint["id"]).failing_since is None
+
+    # A new streak: failing for just under 5 days keeps it enabled, 5 days disables it.
+    receiver.default = Reply(503)
+    _emit(tenant)
+    t0 = utcnow()
+    worker.run_once(now=t0)
+    assert _endpoint_row(owner_engine, endpoint["id"]).failing_since == t0
+    _emit(tenant)
+    worker.run_once(now=t0 + timedelta(days=5) - timedelta(seconds=1))
+    assert _endpoint_row(owner_engine, endpoint["id"]).enabled is True
+    _emit(tenant)
+    worker.run_once(now=t0 + timedelta(days=5))
+    row = _endpoint_row(owner_engine, endpoint["id"])
+    assert row.enabled is False and row.disabled_reason == DISABLED_FAILING
+    assert _deliveries(owner_engine, tenant)[-1].status == "dead"
+
+
+def test_ssrf_is_checked_again_at_delivery(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Registered while private URLs were allowed; refused at delivery once they are not.
+    monkeypatch.setattr(settings, "WEBHOOK_ALLOW_PRIVATE_URLS", False)
+    _emit(tenant)
+    make_worker().run_once()
+    delivery = _delivery(owner_engine, tenant)
+    assert delivery.status == "failed" and delivery.last_status_code is None
+    assert delivery.last_error.startswith("unsafe URL: ")
+    assert receiver.received == []
+
+
+def test_rotated_secret_and_previous_one_both_verify_during_the_grace_period(
+    client: TestClient,
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+) -> None:
+    old_secret = endpoint["secret"]
+    rotated = client.post(
+        tenant.url(f"/webhooks/{endpoint['id']}/rotate-secret"), headers=tenant.headers
+    ).json()
+    new_secret = rotated["secret"]
+    assert new_secret != old_secret
+    receiver.secret = new_secret
+    _emit(tenant)
+    make_worker().run_once()
+    (got,) = receiver.received
+    assert got.verified
+    Webhook(old_secret).verify(got.body, got.headers)
+    assert len(got.headers["webhook-signature"].split(" ")) == 2
+
+
+# --- manual redelivery ----------------------------------------------------------------------
+
+
+def test_dead_delivery_redelivered_by_hand_keeps_its_webhook_id(
+    client: TestClient,
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+) -> None:
+    receiver.default = Reply(500)
+    _emit(tenant)
+    worker = make_worker()
+    now = utcnow()
+    for _ in range(MAX_ATTEMPTS):
+        assert worker.run_once(now=now) == 1
+        now += timedelta(hours=10)
+    delivery = _delivery(owner_engine, tenant)
+    assert delivery.status == "dead"
+
+    receiver.default = Reply(200)
+    url = tenant.url(f"/webhooks/{endpoint['id']}/deliveries/{delivery.id}/redeliver")
+    response = client.post(url, headers=tenant.headers)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "pending" and response.json()["attempt_count"] == 0
+    assert worker.run_once() == 1
+
+    redelivered = _delivery(owner_engine, tenant)
+    assert redelivered.id == delivery.id and redelivered.status == "succeeded"
+    assert redelivered.attempt_count == 1
+    assert receiver.counts_by_id() == {str(delivery.id): MAX_ATTEMPTS + 1}
+    # The log keeps both cycles.
+    numbers = [a.attempt_number for a in _attempts(owner_engine, delivery.id)]
+    assert numbers == [*range(1, MAX_ATTEMPTS + 1), 1]
+    detail = client.get(
+        tenant.url(f"/webhooks/{endpoint['id']}/deliveries/{delivery.id}"), headers=tenant.headers
+    ).json()
+    assert len(detail["attempts"]) == MAX_ATTEMPTS + 1
+    assert detail["attempts"][-1]["status_code"] == 200
+
+
+# --- concurrency, leases, wake-up, shutdown -------------------------------------------------
+
+
+def test_two_workers_racing_over_1000_deliveries_send_each_exactly_once(
+    client: TestClient,
+    tenant: TenantFixture,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+) -> None:
+    total = 1000
+    # The receiver runs in its own process, so the figure printed is the workers' throughput.
+    with SubprocessWebhookReceiver() as receiver:
+        created = client.post(
+            tenant.url("/webhooks"), json={"url": receiver.url()}, headers=tenant.headers
+        ).json()
+        receiver.secret = created["secret"]
+        _emit(tenant, count=total)
+        workers = [make_worker(), make_worker()]
+        sent = [0, 0]
+        errors: list[BaseException] = []
+        start = threading.Barrier(len(workers))
+
+        def drain(index: int) -> None:
+            try:
+                start.wait()
+                while (claimed := workers[index].run_once()) > 0:
+                    sent[index] += claimed
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=drain, args=(i,)) for i in range(len(workers))]
+        began = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        elapsed = time.perf_counter() - began
+        assert receiver.wait_for(total, timeout=5.0)
+        time.sleep(0.2)  # room for a duplicate to arrive, if there were one
+    assert not errors, errors
+    assert sum(sent) == total
+    assert all(n > 0 for n in sent), sent  # both really took part
+    counts = receiver.counts_by_id()
+    assert len(counts) == total and set(counts.values()) == {1}
+    assert len(receiver.received) == total
+    deliveries = _deliveries(owner_engine, tenant)
+    assert {d.status for d in deliveries} == {"succeeded"}
+    assert set(counts) == {str(d.id) for d in deliveries}
+    print(f"\n2 workers, {total} deliveries in {elapsed:.2f} s: {total / elapsed:.0f}/s ({sent})")
+
+
+def test_a_killed_workers_claim_is_taken_over_after_its_lease_with_the_same_id(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+) -> None:
+    _emit(tenant)
+    killed, survivor = make_worker(), make_worker()
+    now = utcnow()
+    (claim,) = killed.claim(now=now)  # ... and it dies before sending
+    assert _delivery(owner_engine, tenant).status == "delivering"
+
+    assert survivor.run_once(now=now + killed.lease - timedelta(seconds=1)) == 0
+    assert survivor.run_once(now=now + killed.lease) == 1
+    (got,) = receiver.received
+    assert got.verified and got.webhook_id == str(claim.id)
+    assert _delivery(owner_engine, tenant).status == "succeeded"
+
+    # Had the first worker come back with a result, it could not overwrite the takeover's.
+    late = DeliveryResult(
+        status_code=500,
+        error=None,
+        duration_ms=1,
+        retry_after_seconds=None,
+        response_body_excerpt="",
+    )
+    with tenant_session(tenant.id) as session:
+        stored = record_delivery_outcomes(
+            session, tenant.id, [DeliveryOutcome(claim, late, now + timedelta(seconds=1))]
+        )
+    assert stored == {}
+    assert _delivery(owner_engine, tenant).status == "succeeded"
+    assert len(_attempts(owner_engine, claim.id)) == 1
+
+
+def test_redelivery_is_refused_while_a_worker_holds_the_delivery(
+    client: TestClient,
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    make_worker: Callable[..., WebhookWorker],
+) -> None:
+    _emit(tenant)
+    (claim,) = make_worker().claim()
+    url = tenant.url(f"/webhooks/{endpoint['id']}/deliveries/{claim.id}/redeliver")
+    response = client.post(url, headers=tenant.headers)
+    assert response.status_code == 409
+    assert response.json()["code"] == "delivery_in_progress"
+
+
+def test_a_claim_near_the_end_of_its_lease_is_given_back_not_sent(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+) -> None:
+    _emit(tenant)
+    worker = make_worker()
+    now = utcnow()
+    (claim,) = worker.claim(now=now)
+    assert worker.deliver(claim, now=now + worker.lease - timedelta(seconds=10)) is None
+    assert receiver.received == []
+    delivery = _delivery(owner_engine, tenant)
+    assert delivery.status == "pending" and delivery.lease_expires_at is None
+    assert worker.run_once(now=now) == 1
+    assert receiver.counts_by_id() == {str(delivery.id): 1}
+
+
+def test_notify_wakes_a_waiting_worker_well_under_a_second(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+) -> None:
+    # A 60 s poll interval: only the NOTIFY can explain a prompt delivery.
+    worker = make_worker(poll_interval=60.0)
+    thread = threading.Thread(target=worker.run_forever)
+    thread.start()
+    try:
+        time.sleep(0.5)  # let it claim nothing and start waiting
+        latencies = []
+        for expected in (1, 2, 3):
+            began = time.monotonic()
+            _emit(tenant)
+            assert receiver.wait_for(expected, timeout=5.0)
+            latencies.append(receiver.received[-1].monotonic - began)
+            time.sleep(0.1)
+        assert max(latencies) < 0.5, latencies
+        print(f"\nNOTIFY -> received: {', '.join(f'{s * 1000:.0f} ms' for s in latencies)}")
+    finally:
+        stopped = time.monotonic()
+        worker.stop()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert time.monotonic() - stopped < 1.0
+    assert all(r.verified for r in receiver.received)
+
+
+def test_stopping_finishes_the_send_in_progress_and_gives_back_the_rest(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+) -> None:
+    receiver.respond(Reply(200, delay=0.5))
+    _emit(tenant, count=5)
+    worker = make_worker(concurrency=1, poll_interval=60.0)
+    thread = threading.Thread(target=worker.run_forever)
+    thread.start()
+    assert receiver.wait_for(1, timeout=5.0)
+    worker.stop()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    statuses = sorted(d.status for d in _deliveries(owner_engine, tenant))
+    assert statuses == ["pending"] * 4 + ["succeeded"]
+    assert len(receiver.received) == 1
+
+
+def test_sigterm_stops_the_worker_process_cleanly(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    owner_engine: Engine,
+) -> None:
+    receiver.respond(Reply(200, delay=1.0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.worker"],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _emit(tenant)
+        assert receiver.wait_for(1, timeout=15.0, verified=True), "the worker never delivered"
+        process.send_signal(signal.SIGTERM)
+        sent_at = time.monotonic()
+        output, _ = process.communicate(timeout=15)
+        elapsed = time.monotonic() - sent_at
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output.decode(errors="replace")
+    # It finished the send it held (the receiver answered after 1 s) and recorded it.
+    delivery = _delivery(owner_engine, tenant)
+    assert delivery.status == "succeeded", delivery
+    assert elapsed < 5.0, elapsed
+
+
+def test_end_to_end_latency_is_measured_from_commit_to_receipt(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+) -> None:
+    # The "within a second" promise for a run_forever worker with the default 1 s poll interval.
+    worker = make_worker()
+    thread = threading.Thread(target=worker.run_forever)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        began = time.monotonic()
+        _emit(tenant)
+        assert receiver.wait_for(1, timeout=5.0)
+        assert receiver.received[0].monotonic - began < 1.0
+    finally:
+        worker.stop()
+        thread.join(timeout=5)
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+
+def test_a_receiver_that_is_down_for_a_while_still_gets_the_event_later(
+    client: TestClient,
+    tenant: TenantFixture,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on (yet)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    created = client.post(
+        tenant.url("/webhooks"),
+        json={"url": f"http://127.0.0.1:{port}/hooks"},
+        headers=tenant.headers,
+    ).json()
+    (call_id,) = _emit(tenant)
+    worker = make_worker()
+    now = utcnow()
+    worker.run_once(now=now)
+    worker.run_once(now=now + timedelta(seconds=5))
+    down = _delivery(owner_engine, tenant)
+    assert down.status == "failed" and down.attempt_count == 2
+    assert down.last_status_code is None and "connect" in down.last_error.lower()
+
+    with WebhookReceiver(created["secret"], port=port) as receiver:
+        assert worker.run_once(now=down.next_attempt_at) == 1
+        (got,) = receiver.received
+    assert got.verified and got.webhook_id == str(down.id)
+    assert got.payload["data"] == {"call_id": call_id}
+    assert _delivery(owner_engine, tenant).status == "succeeded"
+    assert _endpoint_row(owner_engine, created["id"]).failing_since is None
+
+
+def test_a_call_ended_by_twilio_reaches_the_receiver_once_within_a_second(
+    client: TestClient,
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+) -> None:
+    setup = create_number_and_profile(tenant.id)
+    sid = twilio_call_sid()
+    answered = twilio_post(
+        client,
+        "/telephony/twilio/voice",
+        {"CallSid": sid, "From": random_e164(), "To": setup.number},
+    )
+    assert answered.status_code == 200, answered.text
+    worker = make_worker()
+    thread = threading.Thread(target=worker.run_forever)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        began = time.monotonic()
+        completed = {
+            "CallSid": sid,
+            "CallStatus": "completed",
+            "CallDuration": "42",
+            "AccountSid": os.environ["TWILIO_ACCOUNT_SID"],
+        }
+        for _ in range(2):  # Twilio retries: the call ends, and is announced, once
+            assert twilio_post(client, "/telephony/twilio/status", completed).status_code == 200
+        assert receiver.wait_for(1, timeout=5.0)
+        latency = receiver.received[0].monotonic - began
+        time.sleep(0.3)  # room for a duplicate to show up, if there were one
+    finally:
+        worker.stop()
+        thread.join(timeout=5)
+    ended = [r for r in receiver.received if r.payload and r.payload["type"] == "call.ended"]
+    assert len(ended) == 1 and ended[0].verified
+    assert ended[0].payload["data"]["call"]["provider_call_sid"] == sid
+    assert ended[0].payload["data"]["call"]["duration_seconds"] == 42
+    assert latency < 1.0, latency
