@@ -76,6 +76,14 @@ def get_tenant_scope(
     if not principal.may_access(tenant_id):
         raise NotFound("Tenant not found.")
     set_tenant_context(session, tenant_id)
+    if principal.tenant_id == tenant_id and principal.tenant_status and principal.tenant_plan:
+        # Read with the key in this same transaction: no second lookup.
+        return TenantScope(
+            tenant_id=tenant_id,
+            principal=principal,
+            tenant_status=principal.tenant_status,
+            plan=principal.tenant_plan,
+        )
     row = session.execute(
         select(Tenant.status, Tenant.plan).where(Tenant.id == tenant_id)
     ).one_or_none()

@@ -26,6 +26,9 @@ class Principal:
     role: Role
     tenant_id: uuid.UUID | None = None
     key_id: uuid.UUID | None = None
+    # A tenant key's tenant, as read when the key was resolved (same transaction).
+    tenant_status: str | None = None
+    tenant_plan: str | None = None
 
     @property
     def is_platform_admin(self) -> bool:

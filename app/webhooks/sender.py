@@ -13,6 +13,7 @@ import ipaddress
 import math
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -73,36 +74,46 @@ class DeliveryResult:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-_shared_client: httpx.Client | None = None
-_shared_client_lock = threading.Lock()
+# One pooled client per destination host name. httpcore pools connections by (scheme, IP, port),
+# but a TLS session belongs to the host name it was verified for: sharing one pool between host
+# names on the same IP would skip the second name's certificate check. Inside a per-host client
+# every connection was opened for that name, so keep-alive is safe and saves a TCP (and TLS)
+# handshake per delivery.
+_MAX_HOST_CLIENTS = 256
+_clients: OrderedDict[tuple[str, str, int], httpx.Client] = OrderedDict()
+_clients_lock = threading.Lock()
 
 
-def _get_shared_client() -> httpx.Client:
-    global _shared_client
-    with _shared_client_lock:
-        if _shared_client is None or _shared_client.is_closed:
-            _shared_client = httpx.Client(
-                follow_redirects=False,
-                # Proxy environment variables must not route deliveries somewhere the SSRF
-                # check did not look at.
-                trust_env=False,
-                # httpcore pools connections by (scheme, IP, port), but the TLS session of a
-                # connection belongs to the host name it was opened for. Reusing it for
-                # another host name on the same IP would skip that name's certificate check,
-                # so keep-alive is off; the shared client still saves building an SSL context
-                # per delivery.
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=0),
-            )
-        return _shared_client
+def _new_client() -> httpx.Client:
+    return httpx.Client(
+        follow_redirects=False,
+        # Proxy environment variables must not route deliveries somewhere the SSRF check did
+        # not look at.
+        trust_env=False,
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16, keepalive_expiry=30),
+    )
+
+
+def _client_for(scheme: str, host: str, port: int) -> httpx.Client:
+    key = (scheme, host, port)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is not None and not client.is_closed:
+            _clients.move_to_end(key)
+            return client
+        client = _clients[key] = _new_client()
+        while len(_clients) > _MAX_HOST_CLIENTS:
+            _, evicted = _clients.popitem(last=False)
+            evicted.close()
+        return client
 
 
 def close_shared_client() -> None:
-    """Close the lazily created module-level client (e.g. at application shutdown)."""
-    global _shared_client
-    with _shared_client_lock:
-        if _shared_client is not None:
-            _shared_client.close()
-            _shared_client = None
+    """Close the pooled per-host clients (e.g. at worker shutdown)."""
+    with _clients_lock:
+        while _clients:
+            _, client = _clients.popitem()
+            client.close()
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> int | None:
@@ -211,7 +222,7 @@ def _deliver(
     if scheme == "https" and not host_is_literal:
         extensions["sni_hostname"] = host
 
-    http = client if client is not None else _get_shared_client()
+    http = client if client is not None else _client_for(scheme, host, port)
     deadline = started + timeout_seconds
     last_error = "connection failed"
     for ip in addresses[:_MAX_ADDRESSES_TRIED]:

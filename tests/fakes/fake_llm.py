@@ -185,6 +185,8 @@ class FakeLLM:
         self._requests: list[dict[str, Any]] = []
         self._headers: list[dict[str, str]] = []
         self._first_token_sent_at: list[float] = []
+        # First content token text -> when it was written, for matching concurrent streams.
+        self._first_token_by_text: dict[str, float] = {}
         self._counter = 0
         self._active: set[_RequestState] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -213,6 +215,7 @@ class FakeLLM:
             self._requests.clear()
             self._headers.clear()
             self._first_token_sent_at.clear()
+            self._first_token_by_text.clear()
 
     @property
     def pending_scripts(self) -> int:
@@ -242,6 +245,11 @@ class FakeLLM:
         was handed to the socket, in the order those writes happened."""
         with self._lock:
             return list(self._first_token_sent_at)
+
+    def first_token_time(self, token: str) -> float | None:
+        """When a streamed response whose first token is `token` wrote it (perf_counter)."""
+        with self._lock:
+            return self._first_token_by_text.get(token)
 
     def start(self) -> FakeLLM:
         """Start serving; returns once the port accepts connections."""
@@ -329,10 +337,12 @@ class FakeLLM:
                 return script
         return self.default
 
-    def _mark_first_token(self) -> None:
+    def _mark_first_token(self, token: str | None = None) -> None:
         now = time.perf_counter()
         with self._lock:
             self._first_token_sent_at.append(now)
+            if token is not None:
+                self._first_token_by_text[token] = now
 
     async def _app(self, scope: Message, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -536,7 +546,7 @@ class FakeLLM:
                 tokens_sent += 1
                 if not first_token_marked:
                     first_token_marked = True
-                    self._mark_first_token()
+                    self._mark_first_token(script.tokens[0] if script.tokens else None)
         if not writes:
             await send({"type": "http.response.body", "body": role, "more_body": True})
 

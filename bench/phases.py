@@ -1,0 +1,242 @@
+"""The benchmark phases that are not plain HTTP load: the agent's turn overhead on the
+ConversationRelay WebSocket, and webhook delivery through the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50_ms": round(percentile(values, 50), 3),
+        "p99_ms": round(percentile(values, 99), 3),
+        "mean_ms": round(statistics.fmean(values), 3) if values else float("nan"),
+    }
+
+
+# --------------------------------------------------------------------------- relay
+
+
+async def _relay_session(
+    env: dict[str, str], base: str, number: str, llm: Any, index: int, turns: int
+) -> list[float]:
+    import httpx
+    import websockets
+    from twilio.request_validator import RequestValidator
+
+    validator = RequestValidator(env["TWILIO_AUTH_TOKEN"])
+    call_sid = "CArl" + secrets.token_hex(15)
+    params = {
+        "CallSid": call_sid,
+        "From": f"+1415{3000000 + index:07d}",
+        "To": number,
+        "Direction": "inbound",
+        "AccountSid": env["TWILIO_ACCOUNT_SID"],
+    }
+    voice_url = env["PUBLIC_BASE_URL"] + "/telephony/twilio/voice"
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            base + "/telephony/twilio/voice",
+            data=params,
+            headers={"X-Twilio-Signature": validator.compute_signature(voice_url, params)},
+        )
+    twiml = response.text
+    call_id = twiml.split('name="call_id" value="', 1)[1].split('"', 1)[0]
+    ws_url = env["PUBLIC_BASE_URL"].replace("http://", "ws://") + "/telephony/twilio/relay"
+    signature = validator.compute_signature(ws_url, {})
+    overheads: list[float] = []
+    async with websockets.connect(
+        base.replace("http://", "ws://") + "/telephony/twilio/relay",
+        additional_headers={"X-Twilio-Signature": signature},
+    ) as ws:
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "setup",
+                    "sessionId": "VX" + secrets.token_hex(16),
+                    "callSid": call_sid,
+                    "from": params["From"],
+                    "to": number,
+                    "direction": "inbound",
+                    "customParameters": {"call_id": call_id},
+                }
+            )
+        )
+        for turn in range(turns):
+            marker = f"S{index}T{turn} "
+            await ws.send(
+                json.dumps({"type": "prompt", "voicePrompt": marker, "lang": "en-US", "last": True})
+            )
+            first_at: float | None = None
+            while True:
+                frame = json.loads(await ws.recv())
+                if frame.get("type") != "text":
+                    continue
+                if first_at is None and frame.get("token"):
+                    first_at = time.perf_counter()
+                if frame.get("last"):
+                    break
+            sent_at = llm.first_token_time(marker)
+            if first_at is not None and sent_at is not None:
+                overheads.append((first_at - sent_at) * 1000)
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "interrupt",
+                    "utteranceUntilInterrupt": "",
+                    "durationUntilInterruptMs": "0",
+                }
+            )
+        )
+    return overheads
+
+
+def relay_overhead(
+    env: dict[str, str], base: str, numbers: list[str], llm: Any, *, sessions: int, turns: int
+) -> dict[str, Any]:
+    """First text frame at the client minus the fake LLM's first token write, per turn."""
+
+    async def run() -> list[float]:
+        results = await asyncio.gather(
+            *(
+                _relay_session(env, base, numbers[i % len(numbers)], llm, i, turns)
+                for i in range(sessions)
+            )
+        )
+        return [value for session in results for value in session]
+
+    overheads = asyncio.run(run())
+    return {"sessions": sessions, "turns_per_session": turns, **summary(overheads)}
+
+
+def relay_responder(request: dict[str, Any]) -> Any:
+    """Answer each prompt with its own marker as the first token, so turns can be matched."""
+    from tests.fakes.fake_llm import Script
+
+    last_user = next(
+        (m for m in reversed(request.get("messages", [])) if m.get("role") == "user"), None
+    )
+    marker = str(last_user.get("content", "")) if last_user else "?"
+    if not marker.startswith("S"):
+        return Script(tokens=["Summary."])
+    return Script(tokens=[marker, "Sure,", " I", " can", " help", " with", " that", "."])
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+def webhook_delivery(
+    env: dict[str, str], tenant_id: str, *, events: int, paced_seconds: float, paced_rate: int
+) -> dict[str, Any]:
+    """Throughput of one worker over a backlog of `events`, then commit → received latency
+    under a paced stream (the backlog measures queueing, not latency)."""
+    os.environ.update(env)
+    import uuid
+
+    from sqlalchemy import delete
+
+    from app.config.database import tenant_session
+    from app.models import WebhookEndpoint
+    from app.services.events import emit_event
+    from tests.fakes.receiver import SubprocessWebhookReceiver
+
+    tid = uuid.UUID(tenant_id)
+    secret = "whsec_" + __import__("base64").b64encode(secrets.token_bytes(32)).decode()
+    receiver = SubprocessWebhookReceiver(secret=secret).start()
+    try:
+        with tenant_session(tid) as session:
+            session.execute(delete(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tid))
+            session.add(
+                WebhookEndpoint(
+                    tenant_id=tid,
+                    url=receiver.url(),
+                    secret=secret,
+                    event_types=[],
+                    enabled=True,
+                    description="bench",
+                )
+            )
+
+        def emit(first: int, count: int) -> float:
+            with tenant_session(tid) as session:
+                for n in range(first, first + count):
+                    emit_event(session, tid, "webhook.test", {"n": n})
+            return time.monotonic()
+
+        # Backlog: everything committed before the worker starts.
+        committed = 0
+        while committed < events:
+            batch = min(500, events - committed)
+            emit(committed, batch)
+            committed += batch
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.worker"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            started = time.monotonic()
+            receiver.wait_for(events, timeout=max(60.0, events / 50), verified=True)
+            received = receiver.verified
+            finished = max(r.monotonic for r in received) if received else time.monotonic()
+            throughput = len(received) / (finished - started)
+            # Paced stream with the worker idle and listening.
+            commits: dict[int, float] = {}
+            base_n = events
+            interval = 1 / paced_rate
+            deadline = time.monotonic() + paced_seconds
+            n = base_n
+            while time.monotonic() < deadline:
+                commits[n] = emit(n, 1)
+                n += 1
+                time.sleep(interval)
+            receiver.wait_for(events + len(commits), timeout=30, verified=True)
+            latencies = []
+            for item in receiver.verified:
+                number = (
+                    item.payload.get("data", {}).get("n")
+                    if isinstance(item.payload, dict)
+                    else None
+                )
+                if number in commits:
+                    latencies.append((item.monotonic - commits[number]) * 1000)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+        duplicates = sum(1 for count in receiver.counts_by_id().values() if count > 1)
+        return {
+            "backlog_events": events,
+            "delivered": len(received),
+            "deliveries_per_second_one_worker": round(throughput, 1),
+            "duplicates": duplicates,
+            "paced_rate_per_second": paced_rate,
+            "commit_to_received": summary(latencies),
+        }
+    finally:
+        receiver.close()
+
+
+def quote(value: str) -> str:
+    return urllib.parse.quote(value, safe="")
