@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 async def _relay_session(
     env: dict[str, str], base: str, number: str, llm: Any, index: int, turns: int
-) -> list[float]:
+) -> dict[str, float]:
     import httpx
     import websockets
     from twilio.request_validator import RequestValidator
@@ -64,7 +65,7 @@ async def _relay_session(
     call_id = twiml.split('name="call_id" value="', 1)[1].split('"', 1)[0]
     ws_url = env["PUBLIC_BASE_URL"].replace("http://", "ws://") + "/telephony/twilio/relay"
     signature = validator.compute_signature(ws_url, {})
-    overheads: list[float] = []
+    arrivals: dict[str, float] = {}
     async with websockets.connect(
         base.replace("http://", "ws://") + "/telephony/twilio/relay",
         additional_headers={"X-Twilio-Signature": signature},
@@ -83,7 +84,7 @@ async def _relay_session(
             )
         )
         for turn in range(turns):
-            marker = f"S{index}T{turn} "
+            marker = f"S{index}T{turn}"
             await ws.send(
                 json.dumps({"type": "prompt", "voicePrompt": marker, "lang": "en-US", "last": True})
             )
@@ -96,9 +97,8 @@ async def _relay_session(
                     first_at = time.perf_counter()
                 if frame.get("last"):
                     break
-            sent_at = llm.first_token_time(marker)
-            if first_at is not None and sent_at is not None:
-                overheads.append((first_at - sent_at) * 1000)
+            if first_at is not None:
+                arrivals[marker] = first_at
         await ws.send(
             json.dumps(
                 {
@@ -108,7 +108,7 @@ async def _relay_session(
                 }
             )
         )
-    return overheads
+    return arrivals
 
 
 def relay_overhead(
@@ -116,17 +116,61 @@ def relay_overhead(
 ) -> dict[str, Any]:
     """First text frame at the client minus the fake LLM's first token write, per turn."""
 
-    async def run() -> list[float]:
+    async def run() -> dict[str, float]:
         results = await asyncio.gather(
             *(
                 _relay_session(env, base, numbers[i % len(numbers)], llm, i, turns)
                 for i in range(sessions)
             )
         )
-        return [value for session in results for value in session]
+        return {marker: at for session in results for marker, at in session.items()}
 
-    overheads = asyncio.run(run())
+    arrivals = asyncio.run(run())
+    llm.refresh()
+    overheads = [
+        (at - sent) * 1000
+        for marker, at in arrivals.items()
+        if (sent := llm.first_token_time(marker)) is not None
+    ]
     return {"sessions": sessions, "turns_per_session": turns, **summary(overheads)}
+
+
+class RemoteFakeLLM:
+    """tests/fakes/fake_llm.py's FakeLLM, run in its own process (bench/fake_llm_process.py)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.base_url = ""
+        self._times: dict[str, float] = {}
+
+    def __enter__(self) -> RemoteFakeLLM:
+        import tempfile
+
+        self._port_file = Path(tempfile.mkstemp()[1])
+        self._port_file.write_text("")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.fake_llm_process", str(self._port_file)],
+            cwd=ROOT,
+            env={**self.env, "PYTHONPATH": str(ROOT)},
+        )
+        deadline = time.monotonic() + 30
+        while not self._port_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.base_url = self._port_file.read_text()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=10)
+        self._port_file.unlink(missing_ok=True)
+
+    def refresh(self) -> None:
+        url = self.base_url.rsplit("/v1", 1)[0] + "/_fake/first-tokens"
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+            self._times = json.loads(response.read())
+
+    def first_token_time(self, token: str) -> float | None:
+        return self._times.get(token)
 
 
 def relay_responder(request: dict[str, Any]) -> Any:
@@ -136,7 +180,7 @@ def relay_responder(request: dict[str, Any]) -> Any:
     last_user = next(
         (m for m in reversed(request.get("messages", [])) if m.get("role") == "user"), None
     )
-    marker = str(last_user.get("content", "")) if last_user else "?"
+    marker = str(last_user.get("content", "")).strip() if last_user else "?"
     if not marker.startswith("S"):
         return Script(tokens=["Summary."])
     return Script(tokens=[marker, "Sure,", " I", " can", " help", " with", " that", "."])
@@ -199,7 +243,7 @@ def webhook_delivery(
         try:
             started = time.monotonic()
             receiver.wait_for(events, timeout=max(60.0, events / 50), verified=True)
-            received = receiver.verified
+            received = receiver.verified()
             finished = max(r.monotonic for r in received) if received else time.monotonic()
             throughput = len(received) / (finished - started)
             # Paced stream with the worker idle and listening.
@@ -214,7 +258,7 @@ def webhook_delivery(
                 time.sleep(interval)
             receiver.wait_for(events + len(commits), timeout=30, verified=True)
             latencies = []
-            for item in receiver.verified:
+            for item in receiver.verified():
                 number = (
                     item.payload.get("data", {}).get("n")
                     if isinstance(item.payload, dict)

@@ -132,6 +132,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--reseed", action="store_true", help="rebuild the data set")
+    parser.add_argument(
+        "--skip-http", action="store_true", help="only the relay and webhook phases (debugging)"
+    )
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -185,21 +188,21 @@ def main() -> int:
         )
         results.append(result)
 
-    with ExitStack() as stack:
-        logs = RESULTS
-        stack.enter_context(
-            serve("bench.ceiling:app", ceiling_port, env, args.workers, logs / "ceiling.log")
-        )
-        ceiling = f"http://127.0.0.1:{ceiling_port}"
-        print("Ceilings:", flush=True)
-        load("ceiling_noop", ceiling, "/noop")
-        load("ceiling_select", ceiling, "/select")
+    if not args.skip_http:
+        with ExitStack() as stack:
+            logs = RESULTS
+            stack.enter_context(
+                serve("bench.ceiling:app", ceiling_port, env, args.workers, logs / "ceiling.log")
+            )
+            ceiling = f"http://127.0.0.1:{ceiling_port}"
+            print("Ceilings:", flush=True)
+            load("ceiling_noop", ceiling, "/noop")
+            load("ceiling_select", ceiling, "/select")
 
     with ExitStack() as stack:
-        from bench.phases import relay_responder
-        from tests.fakes.fake_llm import FakeLLM
+        from bench.phases import RemoteFakeLLM
 
-        llm = stack.enter_context(FakeLLM(responder=relay_responder))
+        llm = stack.enter_context(RemoteFakeLLM(env))
         env.update(
             LLM_BASE_URL=llm.base_url,
             LLM_API_KEY="bench",
@@ -209,46 +212,52 @@ def main() -> int:
         stack.enter_context(serve("main:app", port, env, args.workers, RESULTS / "api.log"))
         base = f"http://127.0.0.1:{port}"
         tenant = f"/api/v1/tenants/{fixtures['big_tenant_id']}"
-        print("API:", flush=True)
-        voice = signed_voice_requests(env, fixtures, count=int(3000 * profile.seconds))
-        result = run_signed_posts(
-            wrk,
-            "voice_webhook",
-            base + "/telephony/twilio/voice",
-            voice,
-            connections=args.connections,
-            seconds=profile.seconds,
-        )
-        print(
-            f"  voice_webhook: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms",
-            flush=True,
-        )
-        results.append(result)
-        statuses = signed_status_requests(env, owner)
-        result = run_signed_posts(
-            wrk,
-            "status_callback",
-            base + "/telephony/twilio/status",
-            statuses,
-            connections=args.connections,
-            seconds=profile.seconds,
-        )
-        print(
-            f"  status_callback: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms"
-            f" ({len(statuses):,} distinct calls)",
-            flush=True,
-        )
-        results.append(result)
-        load("calls_page_1", base, f"{tenant}/calls?limit=20")
-        load(
-            f"calls_page_{profile.deep_page}",
-            base,
-            f"{tenant}/calls?limit=20&cursor={fixtures['deep_cursor']}",
-        )
-        load("call_detail_with_transcript", base, f"{tenant}/calls/{fixtures['call_with_turns']}")
-        load("phone_numbers_list", base, f"{tenant}/phone-numbers?limit=20")
+        if not args.skip_http:
+            print("API:", flush=True)
+            voice = signed_voice_requests(env, fixtures, count=int(3000 * profile.seconds))
+            result = run_signed_posts(
+                wrk,
+                "voice_webhook",
+                base + "/telephony/twilio/voice",
+                voice,
+                connections=args.connections,
+                seconds=profile.seconds,
+            )
+            print(
+                f"  voice_webhook: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms",
+                flush=True,
+            )
+            results.append(result)
+            statuses = signed_status_requests(env, owner)
+            result = run_signed_posts(
+                wrk,
+                "status_callback",
+                base + "/telephony/twilio/status",
+                statuses,
+                connections=args.connections,
+                seconds=profile.seconds,
+            )
+            print(
+                f"  status_callback: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms"
+                f" ({len(statuses):,} distinct calls)",
+                flush=True,
+            )
+            results.append(result)
+            load("calls_page_1", base, f"{tenant}/calls?limit=20")
+            load(
+                f"calls_page_{profile.deep_page}",
+                base,
+                f"{tenant}/calls?limit=20&cursor={fixtures['deep_cursor']}",
+            )
+            load(
+                "call_detail_with_transcript", base, f"{tenant}/calls/{fixtures['call_with_turns']}"
+            )
+            load("phone_numbers_list", base, f"{tenant}/phone-numbers?limit=20")
         extra.update(run_extra_phases(env, fixtures, profile, base, llm))
 
+    if args.skip_http:
+        print(json.dumps(extra, indent=1))
+        return 0
     report(profile, args, results, extra, seed_seconds)
     return 0
 

@@ -18,10 +18,10 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import openai
-from openai import AsyncOpenAI, AsyncStream, omit
+from openai import AsyncOpenAI, AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 __all__ = [
@@ -95,6 +95,31 @@ class LLMNotConfigured(LLMError):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _request_body(
+    model: str,
+    messages: list[dict[str, Any]],
+    temperature: float | None,
+    max_tokens: int | None,
+    tools: list[dict[str, Any]] | None,
+    stream: bool,
+) -> dict[str, Any]:
+    """The chat-completions JSON body, built directly.
+
+    `client.chat.completions.create` first walks every message through the SDK's typed
+    transform (about 0.4 ms of event-loop time per message here: 16 ms for a 40-message call,
+    during which every other call's tokens on this process wait). Our messages are already
+    plain JSON, so the request goes through the SDK's generic `post` instead.
+    """
+    body: dict[str, Any] = {"model": model, "messages": messages, "stream": stream}
+    if temperature is not None:
+        body["temperature"] = temperature
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if tools:
+        body["tools"] = tools
+    return body
 
 
 def tool_schema(name: str, description: str, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -264,13 +289,12 @@ class LLMClient:
             # a provider that accepts the request and then says nothing must not
             # stall the turn.
             async with asyncio.timeout_at(first_chunk_deadline):
-                stream: AsyncStream[ChatCompletionChunk] = await client.chat.completions.create(
-                    model=model_name,
-                    messages=cast(Any, messages),
+                stream = await client.post(
+                    "/chat/completions",
+                    body=_request_body(model_name, messages, temperature, max_tokens, tools, True),
+                    cast_to=ChatCompletionChunk,
                     stream=True,
-                    temperature=omit if temperature is None else temperature,
-                    max_tokens=omit if max_tokens is None else max_tokens,
-                    tools=cast(Any, tools) if tools else omit,
+                    stream_cls=AsyncStream[ChatCompletionChunk],
                 )
         except TimeoutError:
             raise LLMTimeout(f"LLM sent nothing within {self._timeout:g} s") from None
@@ -351,12 +375,11 @@ class LLMClient:
         limit = self._timeout if timeout_seconds is None else float(timeout_seconds)
         try:
             async with asyncio.timeout(limit):
-                response: ChatCompletion = await client.chat.completions.create(
-                    model=model_name,
-                    messages=cast(Any, messages),
-                    temperature=omit if temperature is None else temperature,
-                    max_tokens=omit if max_tokens is None else max_tokens,
-                    timeout=limit,
+                response = await client.post(
+                    "/chat/completions",
+                    body=_request_body(model_name, messages, temperature, max_tokens, None, False),
+                    cast_to=ChatCompletion,
+                    options={"timeout": limit},
                 )
         except TimeoutError:
             raise LLMTimeout(f"LLM did not answer within {limit:g} s") from None

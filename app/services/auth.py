@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.config.database import system_scope
 from app.config.settings import settings
-from app.models import ApiKey
+from app.models import ApiKey, Tenant
 from app.models.base import utcnow
 from app.security import constant_time_equals, hash_key, parse_prefix
 from app.services.scope import Principal, Role
@@ -27,21 +27,44 @@ def authenticate(session: Session, presented: str) -> Principal | None:
         return None
     now = utcnow()
     with system_scope(session):
-        key = session.scalars(select(ApiKey).where(ApiKey.prefix == prefix)).one_or_none()
-        if key is None or not constant_time_equals(key.key_hash, hash_key(presented)):
-            return None
-        if key.revoked_at is not None or (key.expires_at is not None and key.expires_at <= now):
-            return None
-        session.execute(
-            update(ApiKey)
-            .where(
-                ApiKey.id == key.id,
-                ApiKey.tenant_id == key.tenant_id,
-                or_(
-                    ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_RESOLUTION
-                ),
+        row = session.execute(
+            select(
+                ApiKey.id,
+                ApiKey.tenant_id,
+                ApiKey.role,
+                ApiKey.key_hash,
+                ApiKey.expires_at,
+                ApiKey.revoked_at,
+                ApiKey.last_used_at,
+                Tenant.status,
+                Tenant.plan,
             )
-            .values(last_used_at=now)
-            .execution_options(synchronize_session=False)
+            .join(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(ApiKey.prefix == prefix)
+        ).one_or_none()
+        if row is None or not constant_time_equals(row.key_hash, hash_key(presented)):
+            return None
+        if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= now):
+            return None
+        if row.last_used_at is None or row.last_used_at < now - LAST_USED_RESOLUTION:
+            # Conditional in SQL too: of concurrent requests with a stale value, one writes.
+            session.execute(
+                update(ApiKey)
+                .where(
+                    ApiKey.id == row.id,
+                    ApiKey.tenant_id == row.tenant_id,
+                    or_(
+                        ApiKey.last_used_at.is_(None),
+                        ApiKey.last_used_at < now - LAST_USED_RESOLUTION,
+                    ),
+                )
+                .values(last_used_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        return Principal(
+            role=Role(row.role),
+            tenant_id=row.tenant_id,
+            key_id=row.id,
+            tenant_status=row.status,
+            tenant_plan=row.plan,
         )
-        return Principal(role=Role(key.role), tenant_id=key.tenant_id, key_id=key.id)

@@ -350,6 +350,12 @@ class FakeLLM:
             return
         if scope["type"] != "http":
             return
+        if scope["method"] == "GET" and scope["path"] == "/_fake/first-tokens":
+            # For a benchmark running this server in another process: first token -> the
+            # perf_counter (CLOCK_MONOTONIC, comparable across processes) it was written at.
+            with self._lock:
+                await self._send_json(send, 200, dict(self._first_token_by_text))
+            return
         if scope["method"] != "POST" or scope["path"].rstrip("/") not in _PATHS:
             await self._send_error(send, 404, f"Unknown route {scope['path']}", "not_found_error")
             return
