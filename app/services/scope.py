@@ -11,6 +11,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from app.errors import NotFound
+from app.models.tenant import Tenant
 
 
 class Role(StrEnum):
@@ -82,14 +83,15 @@ def get_scoped_for_update(
     return row
 
 
-def lock_tenant(session: Session, tenant_id: uuid.UUID) -> None:
+def lock_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant | None:
     """Serialize limit checks of one tenant: holds the tenant row lock until the transaction ends.
 
     Count-then-insert under this lock is exact under concurrency (20 racing creates against a
-    limit of 5 admit exactly 5); other tenants are not blocked.
+    limit of 5 admit exactly 5); other tenants are not blocked. Returns the locked row (None if
+    the tenant is gone), so callers need no second read.
     """
-    from app.models.tenant import Tenant  # local import: models import nothing from services
-
     # FOR NO KEY UPDATE (key_share=True), not FOR UPDATE: the foreign-key check of every insert
     # under this tenant takes KEY SHARE on the tenant row and must not queue behind a limit check.
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
+    return session.scalars(
+        select(Tenant).where(Tenant.id == tenant_id).with_for_update(key_share=True)
+    ).one_or_none()

@@ -14,16 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from twilio.twiml.voice_response import VoiceResponse
 
 from app.config.database import set_tenant_context, system_scope
 from app.config.settings import settings
 from app.models import AIProfile, Call, CallTurn, PhoneNumber, Tenant, UsageRecord
-from app.models.base import utcnow
+from app.models.base import new_id, utcnow
 from app.plans import get_plan
 from app.schemas.calls import CallOut, CallTurnOut
 from app.services import events
@@ -96,21 +95,37 @@ class RoutableNumber:
     ai_profile_id: uuid.UUID | None
 
 
-def find_number_for_routing(session: Session, number: str) -> RoutableNumber | None:
-    """The platform-wide phone number `number` (E.164) and its tenant, whoever owns it."""
+@dataclass(frozen=True)
+class VoiceRoute:
+    """What a voice webhook found: the tenant of a call already known by its CallSid (a retry,
+    or an outbound call being answered), and the dialled number with its tenant."""
+
+    known_call_tenant_id: uuid.UUID | None
+    number: RoutableNumber | None
+
+
+def route_voice(session: Session, call_sid: str, to_number: str) -> VoiceRoute:
+    """Both cross-tenant lookups of a voice webhook in one statement: the CallSid and `To`."""
+    known = select(Call.tenant_id).where(Call.provider_call_sid == call_sid).scalar_subquery()
     with system_scope(session):
         row = session.execute(
             select(
+                known.label("known_tenant_id"),
                 PhoneNumber.id,
                 PhoneNumber.tenant_id,
                 PhoneNumber.number,
                 PhoneNumber.status,
                 PhoneNumber.ai_profile_id,
-            ).where(PhoneNumber.number == number)
-        ).one_or_none()
-    if row is None:
-        return None
-    return RoutableNumber(row.id, row.tenant_id, row.number, row.status, row.ai_profile_id)
+            )
+            .select_from(select(literal(1).label("one")).subquery())
+            .outerjoin(PhoneNumber, PhoneNumber.number == to_number)
+        ).one()
+    number = (
+        RoutableNumber(row.id, row.tenant_id, row.number, row.status, row.ai_profile_id)
+        if row.id is not None
+        else None
+    )
+    return VoiceRoute(known_call_tenant_id=row.known_tenant_id, number=number)
 
 
 def resolve_call_sid(session: Session, call_sid: str) -> uuid.UUID | None:
@@ -163,7 +178,7 @@ def resolve_ai_profile(
     return session.scalars(scoped(AIProfile, scope).where(AIProfile.is_default.is_(True))).first()
 
 
-def relay_twiml(call: Call, profile: AIProfile) -> str:
+def relay_twiml(call_id: uuid.UUID, profile: AIProfile) -> str:
     """The ConversationRelay TwiML that connects `call` to our WebSocket with `profile`'s voice."""
     base = settings.PUBLIC_BASE_URL or ""
     return twiml.conversation_relay(
@@ -171,7 +186,7 @@ def relay_twiml(call: Call, profile: AIProfile) -> str:
         welcome_greeting=profile.greeting or None,
         language=profile.language,
         voice=profile.voice or None,
-        parameters={"call_id": str(call.id)},
+        parameters={"call_id": str(call_id)},
         action_url=public_url(base, RELAY_ACTION_PATH, ""),
     )
 
@@ -221,10 +236,10 @@ class TelephonyService:
             logger.warning("voice webhook without CallSid")
             return twiml.reject("rejected")
 
-        tenant_id = resolve_call_sid(self.session, call_sid)
-        if tenant_id is not None:
-            set_tenant_context(self.session, tenant_id)
-            existing = self._call_by_sid(tenant_id, call_sid)
+        route = route_voice(self.session, call_sid, to_number)
+        if route.known_call_tenant_id is not None:
+            set_tenant_context(self.session, route.known_call_tenant_id)
+            existing = self._call_by_sid(route.known_call_tenant_id, call_sid)
             if existing is not None:
                 return self._twiml_for_existing(existing)
 
@@ -233,19 +248,13 @@ class TelephonyService:
             logger.warning("voice webhook for an unknown outbound call", extra={"sid": call_sid})
             return twiml.hangup()
 
-        number = find_number_for_routing(self.session, to_number) if to_number else None
+        number = route.number
         if number is None or number.status != "active":
             logger.info("inbound call to an unrouted number", extra={"sid": call_sid})
             return twiml.reject("rejected")
 
         set_tenant_context(self.session, number.tenant_id)
-        lock_tenant(self.session, number.tenant_id)
-        # A retry racing the first delivery waited for the lock above; the first one's call is
-        # committed and visible now.
-        existing = self._call_by_sid(number.tenant_id, call_sid)
-        if existing is not None:
-            return self._twiml_for_existing(existing)
-        tenant = self.session.get(Tenant, number.tenant_id)
+        tenant = lock_tenant(self.session, number.tenant_id)
         if tenant is None:  # deleted between routing and locking
             return twiml.reject("rejected")
         scope = telephony_scope(tenant)
@@ -258,28 +267,33 @@ class TelephonyService:
                 reason = REJECT_NO_AI_PROFILE
 
         now = utcnow()
-        call = Call(
-            tenant_id=tenant.id,
-            phone_number_id=number.id,
-            ai_profile_id=profile.id if profile is not None else None,
-            direction="inbound",
-            status="rejected" if reason else "ringing",
-            from_number=form.get("From", "").strip()[:32] or "unknown",
-            to_number=number.number,
-            provider_call_sid=call_sid,
-            started_at=now,
-            ended_at=now if reason else None,
-            duration_seconds=0 if reason else None,
-            billable_minutes=0,
-            end_reason=reason,
+        call_id = new_id()
+        # ON CONFLICT: a retry of this CallSid racing the first delivery waited for the tenant
+        # lock above; its insert finds the committed row and answers with that call instead.
+        inserted = self.session.scalar(
+            pg_insert(Call)
+            .values(
+                id=call_id,
+                tenant_id=tenant.id,
+                phone_number_id=number.id,
+                ai_profile_id=profile.id if profile is not None else None,
+                direction="inbound",
+                status="rejected" if reason else "ringing",
+                from_number=form.get("From", "").strip()[:32] or "unknown",
+                to_number=number.number,
+                provider_call_sid=call_sid,
+                started_at=now,
+                ended_at=now if reason else None,
+                duration_seconds=0 if reason else None,
+                billable_minutes=0,
+                end_reason=reason,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[Call.provider_call_sid])
+            .returning(Call.id)
         )
-        try:
-            with self.session.begin_nested():
-                self.session.add(call)
-                self.session.flush()
-        except IntegrityError:
-            # provider_call_sid is unique: the same CallSid was stored meanwhile (the tenant lock
-            # makes this near impossible for one tenant; the constraint is the guarantee).
+        if inserted is None:
             existing = self._call_by_sid(tenant.id, call_sid)
             if existing is not None:
                 return self._twiml_for_existing(existing)
@@ -287,9 +301,9 @@ class TelephonyService:
             return twiml.reject("rejected")
 
         if reason is not None or profile is None:
-            logger.info("inbound call rejected", extra={"reason": reason, "call_id": str(call.id)})
+            logger.info("inbound call rejected", extra={"reason": reason, "call_id": str(call_id)})
             return twiml.reject("busy")
-        return relay_twiml(call, profile)
+        return relay_twiml(call_id, profile)
 
     def _call_by_sid(self, tenant_id: uuid.UUID, call_sid: str) -> Call | None:
         return self.session.scalars(
@@ -308,7 +322,7 @@ class TelephonyService:
         ).one_or_none()
         if profile is None:
             return twiml.hangup()
-        return relay_twiml(call, profile)
+        return relay_twiml(call.id, profile)
 
     # -- status callback -----------------------------------------------------------------------
 

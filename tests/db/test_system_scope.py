@@ -12,7 +12,7 @@ ALLOWED = {
     ("app/services/tenants.py", "create"),  # platform admin: create a tenant
     ("app/services/tenants.py", "list"),  # platform admin: list tenants
     ("app/services/tenants.py", "find_by_slug"),  # operator CLI: find a tenant by slug
-    ("app/services/telephony.py", "find_number_for_routing"),  # routing an inbound number
+    ("app/services/telephony.py", "route_voice"),  # routing an inbound number (and its CallSid)
     ("app/services/telephony.py", "resolve_call_sid"),  # resolving a Twilio CallSid
     ("app/worker.py", "claim"),  # the worker's claim loop (webhook deliveries)
 }
