@@ -39,7 +39,13 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 async def _relay_session(
-    env: dict[str, str], base: str, number: str, llm: Any, index: int, turns: int
+    env: dict[str, str],
+    base: str,
+    number: str,
+    llm: Any,
+    index: int,
+    turns: int,
+    think_seconds: float,
 ) -> dict[str, float]:
     import httpx
     import websockets
@@ -84,6 +90,9 @@ async def _relay_session(
             )
         )
         for turn in range(turns):
+            # A caller speaks between turns: a closed loop with no pause would measure queueing
+            # of 20 sessions on two cores, not the overhead a turn adds.
+            await asyncio.sleep(think_seconds)
             marker = f"S{index}T{turn}"
             await ws.send(
                 json.dumps({"type": "prompt", "voicePrompt": marker, "lang": "en-US", "last": True})
@@ -112,14 +121,21 @@ async def _relay_session(
 
 
 def relay_overhead(
-    env: dict[str, str], base: str, numbers: list[str], llm: Any, *, sessions: int, turns: int
+    env: dict[str, str],
+    base: str,
+    numbers: list[str],
+    llm: Any,
+    *,
+    sessions: int,
+    turns: int,
+    think_seconds: float = 0.5,
 ) -> dict[str, Any]:
     """First text frame at the client minus the fake LLM's first token write, per turn."""
 
     async def run() -> dict[str, float]:
         results = await asyncio.gather(
             *(
-                _relay_session(env, base, numbers[i % len(numbers)], llm, i, turns)
+                _relay_session(env, base, numbers[i % len(numbers)], llm, i, turns, think_seconds)
                 for i in range(sessions)
             )
         )
@@ -132,7 +148,12 @@ def relay_overhead(
         for marker, at in arrivals.items()
         if (sent := llm.first_token_time(marker)) is not None
     ]
-    return {"sessions": sessions, "turns_per_session": turns, **summary(overheads)}
+    return {
+        "sessions": sessions,
+        "turns_per_session": turns,
+        "think_seconds": think_seconds,
+        **summary(overheads),
+    }
 
 
 class RemoteFakeLLM:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import bindparam, func, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 from twilio.twiml.voice_response import VoiceResponse
@@ -26,7 +26,14 @@ from app.models.base import new_id, utcnow
 from app.plans import get_plan
 from app.schemas.calls import CallOut, CallTurnOut
 from app.services import events
-from app.services.scope import Principal, Role, TenantScope, lock_tenant, scoped
+from app.services.scope import (
+    Principal,
+    Role,
+    TenantScope,
+    lock_tenant,
+    scope_params,
+    scoped_template,
+)
 from app.telephony import twiml
 from app.telephony.signature import public_url, websocket_url
 
@@ -104,22 +111,27 @@ class VoiceRoute:
     number: RoutableNumber | None
 
 
+_ROUTE_VOICE = (
+    select(
+        select(Call.tenant_id)
+        .where(Call.provider_call_sid == bindparam("call_sid"))
+        .scalar_subquery()
+        .label("known_tenant_id"),
+        PhoneNumber.id,
+        PhoneNumber.tenant_id,
+        PhoneNumber.number,
+        PhoneNumber.status,
+        PhoneNumber.ai_profile_id,
+    )
+    .select_from(select(literal(1).label("one")).subquery())
+    .outerjoin(PhoneNumber, PhoneNumber.number == bindparam("to_number"))
+)
+
+
 def route_voice(session: Session, call_sid: str, to_number: str) -> VoiceRoute:
     """Both cross-tenant lookups of a voice webhook in one statement: the CallSid and `To`."""
-    known = select(Call.tenant_id).where(Call.provider_call_sid == call_sid).scalar_subquery()
     with system_scope(session):
-        row = session.execute(
-            select(
-                known.label("known_tenant_id"),
-                PhoneNumber.id,
-                PhoneNumber.tenant_id,
-                PhoneNumber.number,
-                PhoneNumber.status,
-                PhoneNumber.ai_profile_id,
-            )
-            .select_from(select(literal(1).label("one")).subquery())
-            .outerjoin(PhoneNumber, PhoneNumber.number == to_number)
-        ).one()
+        row = session.execute(_ROUTE_VOICE, {"call_sid": call_sid, "to_number": to_number}).one()
     number = (
         RoutableNumber(row.id, row.tenant_id, row.number, row.status, row.ai_profile_id)
         if row.id is not None
@@ -134,6 +146,18 @@ def resolve_call_sid(session: Session, call_sid: str) -> uuid.UUID | None:
         return session.scalar(select(Call.tenant_id).where(Call.provider_call_sid == call_sid))
 
 
+_COUNT_ACTIVE = (
+    scoped_template(Call)
+    .where(Call.status.in_(ACTIVE_STATUSES))
+    .with_only_columns(func.count(), maintain_column_froms=True)
+)
+_MINUTES_USED = (
+    scoped_template(UsageRecord)
+    .where(UsageRecord.period == bindparam("period"))
+    .with_only_columns(func.coalesce(func.sum(UsageRecord.minutes), 0), maintain_column_froms=True)
+)
+
+
 def call_limit_violation(session: Session, tenant: Tenant) -> str | None:
     """Why `tenant` may not start another call now (an end_reason), or None if it may.
 
@@ -144,23 +168,20 @@ def call_limit_violation(session: Session, tenant: Tenant) -> str | None:
     if tenant.status == "suspended":
         return REJECT_TENANT_SUSPENDED
     plan = get_plan(tenant.plan)
-    active = session.scalar(
-        select(func.count())
-        .select_from(Call)
-        .where(Call.tenant_id == tenant.id, Call.status.in_(ACTIVE_STATUSES))
-    )
+    active = session.scalar(_COUNT_ACTIVE, scope_params(tenant.id))
     if (active or 0) >= plan.max_concurrent_calls:
         return REJECT_CONCURRENCY_LIMIT
     if plan.rejects_when_minutes_run_out:
         used = session.scalar(
-            select(func.coalesce(func.sum(UsageRecord.minutes), 0)).where(
-                UsageRecord.tenant_id == tenant.id,
-                UsageRecord.period == billing_period(utcnow()),
-            )
+            _MINUTES_USED, scope_params(tenant.id, period=billing_period(utcnow()))
         )
         if (used or 0) >= plan.included_minutes:
             return REJECT_MINUTES_EXHAUSTED
     return None
+
+
+_PROFILE_BY_ID = scoped_template(AIProfile).where(AIProfile.id == bindparam("profile_id"))
+_DEFAULT_PROFILE = scoped_template(AIProfile).where(AIProfile.is_default.is_(True)).limit(1)
 
 
 def resolve_ai_profile(
@@ -171,11 +192,11 @@ def resolve_ai_profile(
     """The number's profile if it has one, else the tenant's default profile, else None."""
     if number_profile_id is not None:
         profile = session.scalars(
-            scoped(AIProfile, scope).where(AIProfile.id == number_profile_id)
+            _PROFILE_BY_ID, scope_params(scope, profile_id=number_profile_id)
         ).one_or_none()
         if profile is not None:
             return profile
-    return session.scalars(scoped(AIProfile, scope).where(AIProfile.is_default.is_(True))).first()
+    return session.scalars(_DEFAULT_PROFILE, scope_params(scope)).first()
 
 
 def relay_twiml(call_id: uuid.UUID, profile: AIProfile) -> str:
@@ -212,6 +233,15 @@ def _parse_duration(raw: str | None) -> int | None:
     except ValueError:
         return None
     return value if value >= 0 else None
+
+
+# ON CONFLICT: a retry of a CallSid racing its first delivery waits for the tenant lock, then
+# finds the committed row and answers with that call instead.
+_INSERT_CALL = (
+    pg_insert(Call)
+    .on_conflict_do_nothing(index_elements=[Call.provider_call_sid])
+    .returning(Call.id)
+)
 
 
 class TelephonyService:
@@ -268,30 +298,26 @@ class TelephonyService:
 
         now = utcnow()
         call_id = new_id()
-        # ON CONFLICT: a retry of this CallSid racing the first delivery waited for the tenant
-        # lock above; its insert finds the committed row and answers with that call instead.
         inserted = self.session.scalar(
-            pg_insert(Call)
-            .values(
-                id=call_id,
-                tenant_id=tenant.id,
-                phone_number_id=number.id,
-                ai_profile_id=profile.id if profile is not None else None,
-                direction="inbound",
-                status="rejected" if reason else "ringing",
-                from_number=form.get("From", "").strip()[:32] or "unknown",
-                to_number=number.number,
-                provider_call_sid=call_sid,
-                started_at=now,
-                ended_at=now if reason else None,
-                duration_seconds=0 if reason else None,
-                billable_minutes=0,
-                end_reason=reason,
-                created_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=[Call.provider_call_sid])
-            .returning(Call.id)
+            _INSERT_CALL,
+            {
+                "id": call_id,
+                "tenant_id": tenant.id,
+                "phone_number_id": number.id,
+                "ai_profile_id": profile.id if profile is not None else None,
+                "direction": "inbound",
+                "status": "rejected" if reason else "ringing",
+                "from_number": form.get("From", "").strip()[:32] or "unknown",
+                "to_number": number.number,
+                "provider_call_sid": call_sid,
+                "started_at": now,
+                "ended_at": now if reason else None,
+                "duration_seconds": 0 if reason else None,
+                "billable_minutes": 0,
+                "end_reason": reason,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         if inserted is None:
             existing = self._call_by_sid(tenant.id, call_sid)
