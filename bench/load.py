@@ -73,6 +73,8 @@ def ensure_wrk() -> str | None:
     return shutil.which("wrk")
 
 
+WARMUP_SECONDS = 2.0
+
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
@@ -108,13 +110,20 @@ def run_get(
     *,
     connections: int,
     seconds: float,
+    warmup_seconds: float = WARMUP_SECONDS,
 ) -> LoadResult:
+    """Closed-loop GETs for `seconds`, after `warmup_seconds` of the same load (discarded: pools
+    fill and the server's plans and caches warm up)."""
     if wrk is None:
+        asyncio.run(_python_load(name, url, headers, None, connections, warmup_seconds))
         return asyncio.run(_python_load(name, url, headers, None, connections, seconds))
-    args = [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
+    args = [wrk, "-t2", f"-c{connections}", "--latency", "--timeout", "10s"]
     for key, value in headers.items():
         args += ["-H", f"{key}: {value}"]
-    output = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    subprocess.run([*args, f"-d{warmup_seconds}s", url], capture_output=True, check=True)
+    output = subprocess.run(
+        [*args, f"-d{seconds}s", url], capture_output=True, text=True, check=True
+    ).stdout
     return _parse_wrk(name, output)
 
 
@@ -126,10 +135,22 @@ def run_signed_posts(
     *,
     connections: int,
     seconds: float,
+    warmup_seconds: float = WARMUP_SECONDS,
 ) -> LoadResult:
-    """POST pre-signed form bodies (signature, body), each used once per pass."""
+    """POST pre-signed form bodies (signature, body); the first sixth warms up (discarded), the
+    rest is measured, each used once per pass."""
+    split = max(1, len(requests) // 6)
+    warmup, requests = requests[:split], requests[split:]
     if wrk is None:
+        asyncio.run(_python_load(name, url, {}, warmup, connections, warmup_seconds))
         return asyncio.run(_python_load(name, url, {}, requests, connections, seconds))
+    _wrk_posts(wrk, url, warmup, connections, warmup_seconds)
+    return _parse_wrk(name, _wrk_posts(wrk, url, requests, connections, seconds))
+
+
+def _wrk_posts(
+    wrk: str, url: str, requests: list[tuple[str, str]], connections: int, seconds: float
+) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "signed.lua"
         script.write_text(LUA_REQUESTS)
@@ -150,8 +171,7 @@ def run_signed_posts(
             str(data),
             "2",
         ]
-        output = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    return _parse_wrk(name, output)
+        return subprocess.run(args, capture_output=True, text=True, check=True).stdout
 
 
 async def _python_load(
