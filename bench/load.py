@@ -120,9 +120,9 @@ def run_get(
     args = [wrk, "-t2", f"-c{connections}", "--latency", "--timeout", "10s"]
     for key, value in headers.items():
         args += ["-H", f"{key}: {value}"]
-    subprocess.run([*args, f"-d{warmup_seconds}s", url], capture_output=True, check=True)
+    subprocess.run([*args, f"-d{warmup_seconds:g}s", url], capture_output=True, check=True)
     output = subprocess.run(
-        [*args, f"-d{seconds}s", url], capture_output=True, text=True, check=True
+        [*args, f"-d{seconds:g}s", url], capture_output=True, text=True, check=True
     ).stdout
     return _parse_wrk(name, output)
 
@@ -160,7 +160,7 @@ def _wrk_posts(
             wrk,
             "-t2",
             f"-c{connections}",
-            f"-d{seconds}s",
+            f"-d{seconds:g}s",
             "--latency",
             "--timeout",
             "10s",
