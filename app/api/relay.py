@@ -6,6 +6,7 @@ keys. The protocol itself lives in app/telephony/relay.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from fastapi import APIRouter, Response, WebSocket
@@ -18,6 +19,8 @@ from app.telephony.request import InvalidTwilioSignature, TelephonyNotConfigured
 logger = logging.getLogger("vca.relay")
 
 router = APIRouter(prefix="/telephony/twilio", tags=["telephony"])
+
+SETUP_TIMEOUT_SECONDS = 10.0
 
 
 @router.websocket("/relay")
@@ -33,7 +36,17 @@ async def conversation_relay(websocket: WebSocket) -> None:
     session = RelaySession(websocket.send_text)
     try:
         while True:
-            message = await websocket.receive()
+            if session.call is None:
+                # Twilio sends `setup` at once; a signed socket that stays silent must not hold
+                # a connection (and a slot on this process) forever.
+                try:
+                    message = await asyncio.wait_for(websocket.receive(), SETUP_TIMEOUT_SECONDS)
+                except TimeoutError:
+                    logger.warning("relay session refused", extra={"reason": "no setup in time"})
+                    await websocket.close(code=POLICY_VIOLATION)
+                    break
+            else:
+                message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
             text = message.get("text")

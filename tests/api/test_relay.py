@@ -625,6 +625,16 @@ def test_the_first_message_must_be_setup(server: str) -> None:
     relay.expect_closed()
 
 
+def test_a_socket_that_never_sends_setup_is_closed(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.api import relay as relay_api
+
+    monkeypatch.setattr(relay_api, "SETUP_TIMEOUT_SECONDS", 0.3)
+    relay = open_relay(server)
+    relay.expect_closed()
+
+
 def test_an_unknown_call_is_closed(server: str, tenant: TenantFixture) -> None:
     call = create_ringing_call(tenant.id)
     for call_sid, call_id in (
