@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, literal, select
+from sqlalchemy import and_, bindparam, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 from twilio.twiml.voice_response import VoiceResponse
@@ -146,9 +146,26 @@ def resolve_call_sid(session: Session, call_sid: str) -> uuid.UUID | None:
         return session.scalar(select(Call.tenant_id).where(Call.provider_call_sid == call_sid))
 
 
+# A call whose final status callback never arrived would hold a line forever (on the free plan,
+# the tenant's only one). A call still unanswered after RING_TIMEOUT, or talking longer than any
+# profile allows (14,400 s) plus a margin, is stale and no longer counts.
+RING_TIMEOUT = timedelta(minutes=3)
+LONGEST_CALL = timedelta(seconds=14_400) + timedelta(minutes=5)
 _COUNT_ACTIVE = (
     scoped_template(Call)
-    .where(Call.status.in_(ACTIVE_STATUSES))
+    .where(
+        or_(
+            and_(
+                Call.status.in_(("queued", "ringing")),
+                func.coalesce(Call.started_at, Call.created_at) > bindparam("ring_cutoff"),
+            ),
+            and_(
+                Call.status == "in_progress",
+                func.coalesce(Call.answered_at, Call.started_at, Call.created_at)
+                > bindparam("talk_cutoff"),
+            ),
+        )
+    )
     .with_only_columns(func.count(), maintain_column_froms=True)
 )
 _MINUTES_USED = (
@@ -168,7 +185,11 @@ def call_limit_violation(session: Session, tenant: Tenant) -> str | None:
     if tenant.status == "suspended":
         return REJECT_TENANT_SUSPENDED
     plan = get_plan(tenant.plan)
-    active = session.scalar(_COUNT_ACTIVE, scope_params(tenant.id))
+    now = utcnow()
+    active = session.scalar(
+        _COUNT_ACTIVE,
+        scope_params(tenant.id, ring_cutoff=now - RING_TIMEOUT, talk_cutoff=now - LONGEST_CALL),
+    )
     if (active or 0) >= plan.max_concurrent_calls:
         return REJECT_CONCURRENCY_LIMIT
     if plan.rejects_when_minutes_run_out:

@@ -146,6 +146,33 @@ def test_limits_apply_in_order_suspension_then_lines_then_minutes(
     assert _verdict(tenant.id) == "tenant_suspended"
 
 
+def test_calls_whose_final_callback_never_came_stop_holding_the_line(
+    client: TestClient, admin_headers: dict[str, str]
+) -> None:
+    from datetime import timedelta
+
+    tenant = make_tenant(client, admin_headers, plan="free")  # one line
+    now = datetime.now(UTC)
+    insert_call(tenant.id, status="ringing", started_at=now - timedelta(minutes=10))
+    insert_call(
+        tenant.id,
+        status="in_progress",
+        started_at=now - timedelta(hours=5),
+        answered_at=now - timedelta(hours=5),
+    )
+    assert _verdict(tenant.id) is None
+    insert_call(tenant.id, status="in_progress", started_at=now - timedelta(hours=3))
+    assert _verdict(tenant.id) == "concurrency_limit"
+
+
+def test_a_fresh_unanswered_call_holds_the_line(
+    client: TestClient, admin_headers: dict[str, str]
+) -> None:
+    tenant = make_tenant(client, admin_headers, plan="free")
+    insert_call(tenant.id, status="queued", started_at=None)
+    assert _verdict(tenant.id) == "concurrency_limit"
+
+
 def test_billing_period_is_the_utc_month() -> None:
     from datetime import timedelta, timezone
 
