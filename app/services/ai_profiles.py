@@ -11,7 +11,7 @@ from app.errors import Conflict, InvalidInput
 from app.models import AIProfile, Call, PhoneNumber
 from app.schemas.ai_profiles import REQUIRED_ON_UPDATE, AIProfileCreate, AIProfileUpdate
 from app.services.pagination import PageResult, paginate
-from app.services.scope import TenantScope, get_scoped, lock_tenant, scoped
+from app.services.scope import TenantScope, get_scoped, lock_tenant, scoped, tenant_filter
 from app.telephony.numbers import normalize_e164
 
 
@@ -33,7 +33,7 @@ class AIProfileService:
         """Make no other profile default; under the tenant lock, so two switches cannot interleave."""
         lock_tenant(self.session, self.scope.tenant_id)
         statement = update(AIProfile).where(
-            AIProfile.tenant_id == self.scope.tenant_id, AIProfile.is_default.is_(True)
+            tenant_filter(AIProfile, self.scope), AIProfile.is_default.is_(True)
         )
         if keep is not None:
             statement = statement.where(AIProfile.id != keep)
@@ -92,7 +92,7 @@ class AIProfileService:
             select(func.count())
             .select_from(PhoneNumber)
             .where(
-                PhoneNumber.tenant_id == self.scope.tenant_id,
+                tenant_filter(PhoneNumber, self.scope),
                 PhoneNumber.ai_profile_id == profile.id,
             )
         )
@@ -102,7 +102,7 @@ class AIProfileService:
             )
         self.session.execute(
             update(Call)
-            .where(Call.tenant_id == self.scope.tenant_id, Call.ai_profile_id == profile.id)
+            .where(tenant_filter(Call, self.scope), Call.ai_profile_id == profile.id)
             .values(ai_profile_id=None)
         )
         self.session.delete(profile)

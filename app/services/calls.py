@@ -18,7 +18,7 @@ from app.errors import (
     TenantSuspended,
     TooManyRequests,
 )
-from app.models import AIProfile, Call, CallTurn, PhoneNumber, Tenant
+from app.models import AIProfile, Call, CallTurn, PhoneNumber
 from app.models.base import utcnow
 from app.plans import get_plan
 from app.schemas.calls import CallFilters, OutboundCallCreate
@@ -146,8 +146,7 @@ class CallService:
         if profile is None:
             raise NoAIProfile()
 
-        lock_tenant(self.session, self.scope.tenant_id)
-        tenant = self.session.get(Tenant, self.scope.tenant_id)
+        tenant = lock_tenant(self.session, self.scope.tenant_id)
         if tenant is None:
             raise NotFound("Tenant not found.")
         reason = call_limit_violation(self.session, tenant)

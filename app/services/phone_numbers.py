@@ -13,7 +13,7 @@ from app.models import AIProfile, Call, PhoneNumber
 from app.plans import get_plan
 from app.schemas.phone_numbers import PhoneNumberCreate, PhoneNumberUpdate
 from app.services.pagination import PageResult, paginate
-from app.services.scope import TenantScope, get_scoped, lock_tenant, scoped
+from app.services.scope import TenantScope, get_scoped, lock_tenant, scoped, tenant_filter
 from app.telephony.numbers import normalize_e164
 
 
@@ -38,7 +38,7 @@ class PhoneNumberService:
         exists = self.session.scalar(
             select(func.count())
             .select_from(AIProfile)
-            .where(AIProfile.tenant_id == self.scope.tenant_id, AIProfile.id == profile_id)
+            .where(tenant_filter(AIProfile, self.scope), AIProfile.id == profile_id)
         )
         if not exists:
             raise UnknownAIProfile()
@@ -109,7 +109,7 @@ class PhoneNumberService:
         row = self.get(number_id)
         self.session.execute(
             update(Call)
-            .where(Call.tenant_id == self.scope.tenant_id, Call.phone_number_id == row.id)
+            .where(tenant_filter(Call, self.scope), Call.phone_number_id == row.id)
             .values(phone_number_id=None)
         )
         self.session.delete(row)

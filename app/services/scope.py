@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from app.errors import NotFound
@@ -52,10 +52,20 @@ class TenantScope:
 M = TypeVar("M")
 
 
+def tenant_filter(model: Any, tenant: TenantScope | uuid.UUID) -> ColumnElement[bool]:
+    """`model.tenant_id = <tenant>`: the condition every tenant-owned statement carries.
+
+    `model` is a mapped class or a Core table; SELECTs start from `scoped()`, UPDATEs and DELETEs
+    add this condition, so no statement spells the tenant filter by hand.
+    """
+    tenant_id = tenant if isinstance(tenant, uuid.UUID) else tenant.tenant_id
+    column: Any = getattr(model, "c", model).tenant_id
+    return cast("ColumnElement[bool]", column == tenant_id)
+
+
 def scoped(model: type[M], scope: TenantScope) -> Select[M]:
     """`SELECT model WHERE tenant_id = scope.tenant_id`: the start of every tenant-owned query."""
-    column: Any = model.tenant_id  # type: ignore[attr-defined]
-    return select(model).where(column == scope.tenant_id)
+    return select(model).where(tenant_filter(model, scope))
 
 
 SCOPE_PARAM = "scope_tenant_id"

@@ -33,6 +33,7 @@ from app.services.scope import (
     lock_tenant,
     scope_params,
     scoped_template,
+    tenant_filter,
 )
 from app.telephony import twiml
 from app.telephony.signature import public_url, websocket_url
@@ -201,6 +202,8 @@ def call_limit_violation(session: Session, tenant: Tenant) -> str | None:
     return None
 
 
+_CALL_BY_SID = scoped_template(Call).where(Call.provider_call_sid == bindparam("call_sid"))
+_CALL_BY_SID_FOR_UPDATE = _CALL_BY_SID.with_for_update()
 _PROFILE_BY_ID = scoped_template(AIProfile).where(AIProfile.id == bindparam("profile_id"))
 _DEFAULT_PROFILE = scoped_template(AIProfile).where(AIProfile.is_default.is_(True)).limit(1)
 
@@ -354,7 +357,7 @@ class TelephonyService:
 
     def _call_by_sid(self, tenant_id: uuid.UUID, call_sid: str) -> Call | None:
         return self.session.scalars(
-            select(Call).where(Call.tenant_id == tenant_id, Call.provider_call_sid == call_sid)
+            _CALL_BY_SID, scope_params(tenant_id, call_sid=call_sid)
         ).one_or_none()
 
     def _twiml_for_existing(self, call: Call) -> str:
@@ -363,9 +366,7 @@ class TelephonyService:
         if call.status in TERMINAL_STATUSES or call.ai_profile_id is None:
             return twiml.hangup()
         profile = self.session.scalars(
-            select(AIProfile).where(
-                AIProfile.tenant_id == call.tenant_id, AIProfile.id == call.ai_profile_id
-            )
+            _PROFILE_BY_ID, scope_params(call.tenant_id, profile_id=call.ai_profile_id)
         ).one_or_none()
         if profile is None:
             return twiml.hangup()
@@ -393,9 +394,7 @@ class TelephonyService:
             return
         set_tenant_context(self.session, tenant_id)
         call = self.session.scalars(
-            select(Call)
-            .where(Call.tenant_id == tenant_id, Call.provider_call_sid == call_sid)
-            .with_for_update()
+            _CALL_BY_SID_FOR_UPDATE, scope_params(tenant_id, call_sid=call_sid)
         ).one_or_none()
         if call is None:
             return
@@ -447,7 +446,7 @@ class TelephonyService:
         turns = list(
             self.session.scalars(
                 select(CallTurn)
-                .where(CallTurn.tenant_id == call.tenant_id, CallTurn.call_id == call.id)
+                .where(tenant_filter(CallTurn, call.tenant_id), CallTurn.call_id == call.id)
                 .order_by(CallTurn.seq)
             )
         )

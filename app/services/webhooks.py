@@ -27,7 +27,13 @@ from app.models.base import new_id, utcnow
 from app.schemas.webhooks import WebhookCreate, WebhookUpdate
 from app.services.events import notify_workers, record_event
 from app.services.pagination import PageResult, paginate
-from app.services.scope import TenantScope, get_scoped, get_scoped_for_update, scoped
+from app.services.scope import (
+    TenantScope,
+    get_scoped,
+    get_scoped_for_update,
+    scoped,
+    tenant_filter,
+)
 from app.webhooks.sender import DeliveryResult
 from app.webhooks.ssrf import UnsafeURLError, check_webhook_url
 
@@ -467,7 +473,7 @@ def _apply_endpoint_effects(
     succeeded = [e for e, o in last.items() if e not in gone and o.result and o.result.ok]
     failing = [e for e, o in last.items() if e not in gone and o.result and not o.result.ok]
     endpoints = _ENDPOINTS.c
-    mine = endpoints.tenant_id == tenant_id
+    mine = tenant_filter(_ENDPOINTS, tenant_id)
     if gone:
         session.execute(
             update(_ENDPOINTS)
@@ -573,7 +579,7 @@ def release_delivery(session: Session, claimed: ClaimedDelivery) -> bool:
     updated = session.execute(
         update(_DELIVERIES)
         .where(
-            deliveries.tenant_id == claimed.tenant_id,
+            tenant_filter(_DELIVERIES, claimed.tenant_id),
             deliveries.id == claimed.id,
             deliveries.status == "delivering",
             deliveries.lease_expires_at == claimed.lease_expires_at,
