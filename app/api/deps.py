@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Path, Query
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app.config.database import get_session_factory, set_tenant_context
@@ -18,12 +20,34 @@ from app.services.auth import authenticate
 from app.services.scope import Principal, Role, TenantScope
 
 
-def get_db_session() -> Iterator[Session]:
-    """One transaction per request: committed when the handler returns, rolled back on error."""
+async def get_db_session() -> AsyncIterator[Session]:
+    """One transaction per request: committed when the handler returns, rolled back on error.
+
+    Async on purpose: opening a session does no I/O (the connection is taken on first use), so it
+    needs no trip through the threadpool; only the commit or rollback at the end does, shielded
+    from cancellation so the connection always goes back to the pool.
+    """
     session = get_session_factory()()
     try:
-        with session.begin():
-            yield session
+        yield session
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(_rollback_and_close, session)
+        raise
+    with anyio.CancelScope(shield=True):
+        await run_in_threadpool(_commit_and_close, session)
+
+
+def _commit_and_close(session: Session) -> None:
+    try:
+        session.commit()
+    finally:
+        session.close()
+
+
+def _rollback_and_close(session: Session) -> None:
+    try:
+        session.rollback()
     finally:
         session.close()
 
@@ -54,7 +78,7 @@ def get_principal(
 CurrentPrincipal = Annotated[Principal, Depends(get_principal, scope="function")]
 
 
-def require_platform_admin(principal: CurrentPrincipal) -> Principal:
+async def require_platform_admin(principal: CurrentPrincipal) -> Principal:
     if not principal.is_platform_admin:
         raise Forbidden("This operation needs the platform admin key.")
     return principal
@@ -65,28 +89,31 @@ AdminOnly = Annotated[Principal, Depends(require_platform_admin, scope="function
 TenantIdPath = Annotated[uuid.UUID, Path(description="The tenant's id.")]
 
 
-def get_tenant_scope(
+async def get_tenant_scope(
     tenant_id: TenantIdPath, principal: CurrentPrincipal, session: DbSession
 ) -> TenantScope:
     """Bind the request's transaction to `tenant_id`, if the caller may act in it.
 
     Another tenant's id answers exactly like an id that does not exist (404), so a key cannot
-    learn which tenants exist.
+    learn which tenants exist. A tenant key's transaction was bound to its tenant, and the
+    tenant read, when the key was resolved (`authenticate`): nothing is left to do here.
     """
     if not principal.may_access(tenant_id):
         raise NotFound("Tenant not found.")
-    set_tenant_context(session, tenant_id)
     if principal.tenant_id == tenant_id and principal.tenant_status and principal.tenant_plan:
-        # Read with the key in this same transaction: no second lookup.
         return TenantScope(
             tenant_id=tenant_id,
             principal=principal,
             tenant_status=principal.tenant_status,
             plan=principal.tenant_plan,
         )
-    row = session.execute(
-        select(Tenant.status, Tenant.plan).where(Tenant.id == tenant_id)
-    ).one_or_none()
+    return await run_in_threadpool(_bind_tenant, session, tenant_id, principal)
+
+
+def _bind_tenant(session: Session, tenant_id: uuid.UUID, principal: Principal) -> TenantScope:
+    """The platform admin acting in `tenant_id`: bind the transaction and read the tenant."""
+    set_tenant_context(session, tenant_id)
+    row = session.execute(_TENANT_STATE, {"tenant_id": tenant_id}).one_or_none()
     if row is None:
         raise NotFound("Tenant not found.")
     return TenantScope(
@@ -94,10 +121,13 @@ def get_tenant_scope(
     )
 
 
+_TENANT_STATE = select(Tenant.status, Tenant.plan).where(Tenant.id == bindparam("tenant_id"))
+
+
 TenantContext = Annotated[TenantScope, Depends(get_tenant_scope, scope="function")]
 
 
-def require_writer(scope: TenantContext) -> TenantScope:
+async def require_writer(scope: TenantContext) -> TenantScope:
     """Writes need an admin key (or the platform admin) and, for tenant keys, an active tenant."""
     if scope.principal.role is Role.read_only:
         raise Forbidden("This API key is read-only.")

@@ -17,14 +17,14 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from app.config.database import get_session_factory, set_tenant_context, tenant_session
+from app.config.database import get_session_factory, tenant_session
 from app.llm.agent import ConversationEntry
 from app.models import AIProfile, Call, CallTurn, Tenant
 from app.models.base import utcnow
 from app.schemas.calls import CallOut
 from app.services.events import emit_event
 from app.services.scope import TenantScope, get_scoped, scoped
-from app.services.telephony import resolve_call_sid, telephony_scope
+from app.services.telephony import bind_call_sid, telephony_scope
 from app.telephony import twiml
 
 logger = logging.getLogger("vca.relay")
@@ -255,14 +255,11 @@ def _call_sid_transaction(call_sid: str) -> Iterator[tuple[Session, TenantScope]
     """A transaction bound to the tenant owning `call_sid` (None if no call has that CallSid).
 
     Twilio names a call only by its CallSid, so the owner is found through the pinned
-    cross-tenant lookup (`resolve_call_sid`); everything after runs in that tenant's scope.
+    cross-tenant lookup (`bind_call_sid`), which binds the transaction to that tenant.
     """
     with get_session_factory()() as session, session.begin():
-        tenant_id = resolve_call_sid(session, call_sid) if 0 < len(call_sid) <= 64 else None
-        tenant = None
-        if tenant_id is not None:
-            set_tenant_context(session, tenant_id)
-            tenant = session.get(Tenant, tenant_id)
+        tenant_id = bind_call_sid(session, call_sid) if 0 < len(call_sid) <= 64 else None
+        tenant = session.get(Tenant, tenant_id) if tenant_id is not None else None
         yield (session, telephony_scope(tenant)) if tenant is not None else None
 
 

@@ -77,8 +77,13 @@ def scoped_template(model: type[M]) -> Select[M]:
     Hot paths (Twilio's webhooks, authentication) reuse one statement object: SQLAlchemy then
     skips building the expression and its cache key on every request.
     """
-    column: Any = model.tenant_id  # type: ignore[attr-defined]
-    return select(model).where(column == bindparam(SCOPE_PARAM))
+    return select(model).where(scope_param_filter(model))
+
+
+def scope_param_filter(model: Any) -> ColumnElement[bool]:
+    """`tenant_filter()` for a prebuilt statement: the tenant comes from `scope_params()`."""
+    column: Any = model.tenant_id
+    return cast("ColumnElement[bool]", column == bindparam(SCOPE_PARAM))
 
 
 def scope_params(scope: TenantScope | uuid.UUID, **params: Any) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Twilio's side of a call: routing inbound calls, the plan's call limits, the status state machine.
 
 Twilio is authenticated by its request signature (app/telephony/request.py), not by an API key, so
-these entry points find the tenant themselves: by the dialled number or by the CallSid, each in a
-pinned `system_scope` call site, then bind the transaction to that tenant for everything else.
+these entry points find the tenant themselves: by the dialled number or by the CallSid, each through
+a pinned SQL function that also binds the transaction to that tenant for everything else.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, literal, or_, select
+from sqlalchemy import Select, and_, bindparam, column, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 from twilio.twiml.voice_response import VoiceResponse
 
-from app.config.database import set_tenant_context, system_scope
 from app.config.settings import settings
-from app.models import AIProfile, Call, CallTurn, PhoneNumber, Tenant, UsageRecord
+from app.models import AIProfile, Call, CallTurn, Tenant, UsageRecord
 from app.models.base import new_id, utcnow
 from app.plans import get_plan
 from app.schemas.calls import CallOut, CallTurnOut
@@ -30,7 +29,7 @@ from app.services.scope import (
     Principal,
     Role,
     TenantScope,
-    lock_tenant,
+    scope_param_filter,
     scope_params,
     scoped_template,
     tenant_filter,
@@ -104,47 +103,81 @@ class RoutableNumber:
 
 
 @dataclass(frozen=True)
+class LockedTenant:
+    """A tenant as read under its row lock, held until the transaction ends."""
+
+    id: uuid.UUID
+    status: str
+    plan: str
+
+
+@dataclass(frozen=True)
 class VoiceRoute:
     """What a voice webhook found: the tenant of a call already known by its CallSid (a retry,
-    or an outbound call being answered), and the dialled number with its tenant."""
+    or an outbound call being answered), or the dialled number with its tenant, locked when the
+    number is active."""
 
     known_call_tenant_id: uuid.UUID | None
     number: RoutableNumber | None
+    tenant: LockedTenant | None
 
 
-_ROUTE_VOICE = (
-    select(
-        select(Call.tenant_id)
-        .where(Call.provider_call_sid == bindparam("call_sid"))
-        .scalar_subquery()
-        .label("known_tenant_id"),
-        PhoneNumber.id,
-        PhoneNumber.tenant_id,
-        PhoneNumber.number,
-        PhoneNumber.status,
-        PhoneNumber.ai_profile_id,
+_ROUTE_VOICE: Select[*tuple[Any, ...]] = select(
+    column("known_tenant_id"),
+    column("number_id"),
+    column("tenant_id"),
+    column("number"),
+    column("number_status"),
+    column("ai_profile_id"),
+    column("tenant_status"),
+    column("tenant_plan"),
+).select_from(
+    func.route_inbound_call(bindparam("call_sid"), bindparam("to_number")).table_valued(
+        "known_tenant_id",
+        "number_id",
+        "tenant_id",
+        "number",
+        "number_status",
+        "ai_profile_id",
+        "tenant_status",
+        "tenant_plan",
     )
-    .select_from(select(literal(1).label("one")).subquery())
-    .outerjoin(PhoneNumber, PhoneNumber.number == bindparam("to_number"))
 )
 
 
 def route_voice(session: Session, call_sid: str, to_number: str) -> VoiceRoute:
-    """Both cross-tenant lookups of a voice webhook in one statement: the CallSid and `To`."""
-    with system_scope(session):
-        row = session.execute(_ROUTE_VOICE, {"call_sid": call_sid, "to_number": to_number}).one()
+    """Route a voice webhook in one round trip and bind the transaction to the tenant found.
+
+    The cross-tenant lookups (the CallSid, then `To`) run in the SQL function
+    `route_inbound_call` (migration 0004), which also takes the tenant row lock for an active
+    number: the limit check and the insert that follow are serialized per tenant.
+    """
+    row = session.execute(_ROUTE_VOICE, {"call_sid": call_sid, "to_number": to_number}).one()
     number = (
-        RoutableNumber(row.id, row.tenant_id, row.number, row.status, row.ai_profile_id)
-        if row.id is not None
+        RoutableNumber(
+            row.number_id, row.tenant_id, row.number, row.number_status, row.ai_profile_id
+        )
+        if row.number_id is not None
         else None
     )
-    return VoiceRoute(known_call_tenant_id=row.known_tenant_id, number=number)
+    tenant = (
+        LockedTenant(row.tenant_id, row.tenant_status, row.tenant_plan)
+        if row.tenant_status is not None
+        else None
+    )
+    return VoiceRoute(known_call_tenant_id=row.known_tenant_id, number=number, tenant=tenant)
 
 
-def resolve_call_sid(session: Session, call_sid: str) -> uuid.UUID | None:
-    """The tenant owning the call with Twilio CallSid `call_sid`, or None if no call has it."""
-    with system_scope(session):
-        return session.scalar(select(Call.tenant_id).where(Call.provider_call_sid == call_sid))
+_BIND_CALL_SID = select(func.bind_call_sid(bindparam("call_sid")))
+
+
+def bind_call_sid(session: Session, call_sid: str) -> uuid.UUID | None:
+    """The tenant owning the call with Twilio CallSid `call_sid`, or None if no call has it.
+
+    The transaction is then bound to that tenant (SQL function `bind_call_sid`, migration 0004):
+    the lookup and the binding cost one round trip.
+    """
+    return session.scalar(_BIND_CALL_SID, {"call_sid": call_sid})
 
 
 # A call whose final status callback never arrived would hold a line forever (on the free plan,
@@ -152,9 +185,11 @@ def resolve_call_sid(session: Session, call_sid: str) -> uuid.UUID | None:
 # profile allows (14,400 s) plus a margin, is stale and no longer counts.
 RING_TIMEOUT = timedelta(minutes=3)
 LONGEST_CALL = timedelta(seconds=14_400) + timedelta(minutes=5)
-_COUNT_ACTIVE = (
-    scoped_template(Call)
+_ACTIVE_CALLS = (
+    select(func.count())
+    .select_from(Call)
     .where(
+        scope_param_filter(Call),
         or_(
             and_(
                 Call.status.in_(("queued", "ringing")),
@@ -165,18 +200,47 @@ _COUNT_ACTIVE = (
                 func.coalesce(Call.answered_at, Call.started_at, Call.created_at)
                 > bindparam("talk_cutoff"),
             ),
-        )
+        ),
     )
-    .with_only_columns(func.count(), maintain_column_froms=True)
+    .scalar_subquery()
+    .label("active_calls")
 )
 _MINUTES_USED = (
-    scoped_template(UsageRecord)
-    .where(UsageRecord.period == bindparam("period"))
-    .with_only_columns(func.coalesce(func.sum(UsageRecord.minutes), 0), maintain_column_froms=True)
+    select(func.coalesce(func.sum(UsageRecord.minutes), 0))
+    .where(scope_param_filter(UsageRecord), UsageRecord.period == bindparam("period"))
+    .scalar_subquery()
+    .label("minutes_used")
 )
+_NOT_METERED = literal(0).label("minutes_used")
+# What the limits need, in one statement; the month's minutes only for plans that stop on them.
+_LIMIT_COUNTS = {
+    True: select(_ACTIVE_CALLS, _MINUTES_USED),
+    False: select(_ACTIVE_CALLS, _NOT_METERED),
+}
 
 
-def call_limit_violation(session: Session, tenant: Tenant) -> str | None:
+def _limit_params(tenant_id: uuid.UUID) -> dict[str, Any]:
+    now = utcnow()
+    return scope_params(
+        tenant_id,
+        ring_cutoff=now - RING_TIMEOUT,
+        talk_cutoff=now - LONGEST_CALL,
+        period=billing_period(now),
+    )
+
+
+def _violation(status: str, plan_name: str, active_calls: int, minutes_used: int) -> str | None:
+    if status == "suspended":
+        return REJECT_TENANT_SUSPENDED
+    plan = get_plan(plan_name)
+    if active_calls >= plan.max_concurrent_calls:
+        return REJECT_CONCURRENCY_LIMIT
+    if plan.rejects_when_minutes_run_out and minutes_used >= plan.included_minutes:
+        return REJECT_MINUTES_EXHAUSTED
+    return None
+
+
+def call_limit_violation(session: Session, tenant: Tenant | LockedTenant) -> str | None:
     """Why `tenant` may not start another call now (an end_reason), or None if it may.
 
     Exact under concurrency only if the caller holds the tenant row lock (`lock_tenant`) from
@@ -185,27 +249,58 @@ def call_limit_violation(session: Session, tenant: Tenant) -> str | None:
     """
     if tenant.status == "suspended":
         return REJECT_TENANT_SUSPENDED
-    plan = get_plan(tenant.plan)
-    now = utcnow()
-    active = session.scalar(
-        _COUNT_ACTIVE,
-        scope_params(tenant.id, ring_cutoff=now - RING_TIMEOUT, talk_cutoff=now - LONGEST_CALL),
-    )
-    if (active or 0) >= plan.max_concurrent_calls:
-        return REJECT_CONCURRENCY_LIMIT
-    if plan.rejects_when_minutes_run_out:
-        used = session.scalar(
-            _MINUTES_USED, scope_params(tenant.id, period=billing_period(utcnow()))
-        )
-        if (used or 0) >= plan.included_minutes:
-            return REJECT_MINUTES_EXHAUSTED
-    return None
+    metered = get_plan(tenant.plan).rejects_when_minutes_run_out
+    counts = session.execute(_LIMIT_COUNTS[metered], _limit_params(tenant.id)).one()
+    return _violation(tenant.status, tenant.plan, counts.active_calls, counts.minutes_used)
 
 
 _CALL_BY_SID = scoped_template(Call).where(Call.provider_call_sid == bindparam("call_sid"))
 _CALL_BY_SID_FOR_UPDATE = _CALL_BY_SID.with_for_update()
 _PROFILE_BY_ID = scoped_template(AIProfile).where(AIProfile.id == bindparam("profile_id"))
 _DEFAULT_PROFILE = scoped_template(AIProfile).where(AIProfile.is_default.is_(True)).limit(1)
+# The limits and the profile of an inbound call in one statement: the number's profile if it
+# has one, else the tenant's default (the one row; no profile at all leaves it NULL).
+_ONE_ROW = select(literal(1).label("one")).subquery()
+
+
+def _admission(metered: bool) -> Select[Any]:
+    counts = (_ACTIVE_CALLS, _MINUTES_USED if metered else _NOT_METERED)
+    return (
+        select(*counts, AIProfile)
+        .select_from(_ONE_ROW)
+        .outerjoin(
+            AIProfile,
+            and_(
+                scope_param_filter(AIProfile),
+                or_(AIProfile.id == bindparam("profile_id"), AIProfile.is_default.is_(True)),
+            ),
+        )
+        .order_by((AIProfile.id == bindparam("profile_id")).desc().nulls_last())
+        .limit(1)
+    )
+
+
+_ADMISSION = {True: _admission(True), False: _admission(False)}
+
+
+def admit_inbound_call(
+    session: Session, tenant: LockedTenant, number_profile_id: uuid.UUID | None
+) -> tuple[str | None, AIProfile | None]:
+    """The reason an inbound call is refused (or None) and the profile that answers it.
+
+    The caller holds the tenant row lock (`route_voice`), as `call_limit_violation` requires.
+    """
+    if tenant.status == "suspended":
+        return REJECT_TENANT_SUSPENDED, None
+    metered = get_plan(tenant.plan).rejects_when_minutes_run_out
+    row = session.execute(
+        _ADMISSION[metered], {**_limit_params(tenant.id), "profile_id": number_profile_id}
+    ).one()
+    reason = _violation(tenant.status, tenant.plan, row.active_calls, row.minutes_used)
+    if reason is not None:
+        return reason, None
+    profile: AIProfile | None = row.AIProfile
+    return (None, profile) if profile is not None else (REJECT_NO_AI_PROFILE, None)
 
 
 def resolve_ai_profile(
@@ -292,7 +387,6 @@ class TelephonyService:
 
         route = route_voice(self.session, call_sid, to_number)
         if route.known_call_tenant_id is not None:
-            set_tenant_context(self.session, route.known_call_tenant_id)
             existing = self._call_by_sid(route.known_call_tenant_id, call_sid)
             if existing is not None:
                 return self._twiml_for_existing(existing)
@@ -302,23 +396,12 @@ class TelephonyService:
             logger.warning("voice webhook for an unknown outbound call", extra={"sid": call_sid})
             return twiml.hangup()
 
-        number = route.number
-        if number is None or number.status != "active":
+        number, tenant = route.number, route.tenant
+        if number is None or number.status != "active" or tenant is None:
             logger.info("inbound call to an unrouted number", extra={"sid": call_sid})
             return twiml.reject("rejected")
 
-        set_tenant_context(self.session, number.tenant_id)
-        tenant = lock_tenant(self.session, number.tenant_id)
-        if tenant is None:  # deleted between routing and locking
-            return twiml.reject("rejected")
-        scope = telephony_scope(tenant)
-
-        reason = call_limit_violation(self.session, tenant)
-        profile = None
-        if reason is None:
-            profile = resolve_ai_profile(self.session, scope, number.ai_profile_id)
-            if profile is None:
-                reason = REJECT_NO_AI_PROFILE
+        reason, profile = admit_inbound_call(self.session, tenant, number.ai_profile_id)
 
         now = utcnow()
         call_id = new_id()
@@ -388,11 +471,10 @@ class TelephonyService:
                 "status callback ignored", extra={"sid": call_sid, "call_status": raw_status}
             )
             return
-        tenant_id = resolve_call_sid(self.session, call_sid)
+        tenant_id = bind_call_sid(self.session, call_sid)
         if tenant_id is None:
             logger.warning("status callback for an unknown CallSid", extra={"sid": call_sid})
             return
-        set_tenant_context(self.session, tenant_id)
         call = self.session.scalars(
             _CALL_BY_SID_FOR_UPDATE, scope_params(tenant_id, call_sid=call_sid)
         ).one_or_none()

@@ -1,19 +1,23 @@
-"""The cross-tenant system scope is entered only from the call sites SPEC §2 allows."""
+"""The cross-tenant system scope is entered only from the call sites SPEC §2 allows.
+
+Two ways in: `system_scope()` in Python, and the SQL functions of migration 0004 that turn
+`app.system` on for one lookup. Both are pinned here, with the Python functions that call them.
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+from sqlalchemy import Engine, text
 
 APP_DIR = Path(__file__).resolve().parents[2] / "app"
 
 ALLOWED = {
-    ("app/services/auth.py", "authenticate"),  # resolving an API key
     ("app/services/tenants.py", "create"),  # platform admin: create a tenant
     ("app/services/tenants.py", "list"),  # platform admin: list tenants
     ("app/services/tenants.py", "find_by_slug"),  # operator CLI: find a tenant by slug
-    ("app/services/telephony.py", "route_voice"),  # routing an inbound number (and its CallSid)
-    ("app/services/telephony.py", "resolve_call_sid"),  # resolving a Twilio CallSid
     ("app/worker.py", "claim"),  # the worker's claim loop (webhook deliveries)
 }
 
@@ -40,3 +44,64 @@ def _system_scope_call_sites() -> set[tuple[str, str]]:
 def test_system_scope_is_used_only_where_allowed() -> None:
     # Adding a call site is a security decision: it must be added here, with its reason.
     assert _system_scope_call_sites() == ALLOWED
+
+
+# SQL functions allowed to turn the system scope on, and the only Python functions calling them.
+ALLOWED_SQL_FUNCTIONS = {
+    "authenticate_api_key": {("app/services/auth.py", "authenticate")},  # resolving an API key
+    "route_inbound_call": {("app/services/telephony.py", "route_voice")},  # an inbound number
+    "bind_call_sid": {("app/services/telephony.py", "bind_call_sid")},  # a Twilio CallSid
+}
+
+
+def test_only_pinned_sql_functions_enter_the_system_scope(owner_engine: Engine) -> None:
+    with owner_engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT p.proname, p.prosrc FROM pg_proc p"
+                " JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'"
+            )
+        ).all()
+    entering = {name for name, source in rows if "app.system" in source}
+    assert entering == set(ALLOWED_SQL_FUNCTIONS)
+    for name, source in rows:
+        if name in ALLOWED_SQL_FUNCTIONS:
+            # Every switch on is followed by a switch off before anything else is returned.
+            on = source.count("set_config('app.system', 'on', true)")
+            off = source.count("set_config('app.system', '', true)")
+            assert on == off == 1, name
+
+
+def _sql_function_call_sites(name: str) -> set[tuple[str, str]]:
+    """Python functions that run SQL function `name`: `func.<name>(…)` in their body, or a
+    module-level statement built with it."""
+    pattern = re.compile(rf"\b{name}\b")
+    sites = set()
+    for path in APP_DIR.rglob("*.py"):
+        relative = str(path.relative_to(APP_DIR.parent))
+        tree = ast.parse(path.read_text())
+        carriers = set()
+        for node in tree.body:
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign) and node.value is not None
+                else []
+            )
+            if targets and pattern.search(ast.unparse(node)):
+                carriers |= {t.id for t in targets if isinstance(t, ast.Name)}
+        for function in ast.walk(tree):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if (isinstance(node, ast.Name) and node.id in carriers) or (
+                    isinstance(node, ast.Attribute) and node.attr == name
+                ):
+                    sites.add((relative, function.name))
+    return sites
+
+
+def test_pinned_sql_functions_are_called_only_from_their_call_sites() -> None:
+    for name, allowed in ALLOWED_SQL_FUNCTIONS.items():
+        assert _sql_function_call_sites(name) == allowed, name
