@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import secrets
 import statistics
 import subprocess
@@ -51,6 +52,11 @@ async def _relay_session(
     import websockets
     from twilio.request_validator import RequestValidator
 
+    # Calls start and callers pause at their own times, as on a real line. Started together with
+    # a fixed pause, the 20 sessions stayed in lockstep and every turn landed in one burst of 20:
+    # the p99 then measured the burst's queue, not a turn's overhead. Seeded: runs compare.
+    rng = random.Random(index)
+    await asyncio.sleep(rng.uniform(0, think_seconds))
     validator = RequestValidator(env["TWILIO_AUTH_TOKEN"])
     call_sid = "CArl" + secrets.token_hex(15)
     params = {
@@ -92,7 +98,7 @@ async def _relay_session(
         for turn in range(turns):
             # A caller speaks between turns: a closed loop with no pause would measure queueing
             # of 20 sessions on two cores, not the overhead a turn adds.
-            await asyncio.sleep(think_seconds)
+            await asyncio.sleep(think_seconds * rng.uniform(0.5, 1.5))
             marker = f"S{index}T{turn}"
             await ws.send(
                 json.dumps({"type": "prompt", "voicePrompt": marker, "lang": "en-US", "last": True})

@@ -69,6 +69,8 @@ TIME_LIMIT_GOODBYE = (
 # Keypad presses arrive one frame per key; waiting this long after the last one lets a caller
 # type a whole number before the model answers once.
 DTMF_SETTLE_SECONDS = 0.7
+# How long transcript writes wait for an answer's first token before going ahead anyway.
+QUIET_WAIT_SECONDS = 2.0
 _DTMF_KEYS = frozenset("0123456789*#ABCDabcd")
 
 # WebSocket close codes (RFC 6455).
@@ -194,6 +196,10 @@ class RelaySession:
         self._duration_task: asyncio.Task[None] | None = None
         self._writes: asyncio.Queue[Callable[[], None]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        # Clear while an answer waits for its first token: transcript writes (threads holding the
+        # interpreter lock in bursts) wait, so they never stand between the LLM and the caller.
+        self._quiet = asyncio.Event()
+        self._quiet.set()
 
     # ------------------------------------------------------------------ entry points
 
@@ -269,6 +275,7 @@ class RelaySession:
             if turn.parts:
                 self._finish_turn(turn, text=turn.spoken, interrupted=True)
         if self._writer is not None:
+            self._quiet.set()
             await self._writes.join()
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -379,6 +386,7 @@ class RelaySession:
         if self.call is None:
             return
         turn = _AgentTurn(received_at=received_at)
+        self._quiet.clear()
         turn.task = asyncio.create_task(self._answer(self.call, turn))
         self._turn = turn
 
@@ -467,6 +475,9 @@ class RelaySession:
         except Exception:
             # Most often the socket is gone (send failed); close() finishes the transcript.
             logger.warning("agent turn aborted", extra=self.log_context, exc_info=True)
+        finally:
+            if self._turn is turn:
+                self._quiet.set()
 
     def _chosen_action(
         self, profile: AgentProfile, calls: list[ToolCall]
@@ -492,6 +503,8 @@ class RelaySession:
         await self._send({"type": "text", "token": text, "last": last})
         if turn.latency_ms is None and (text or last):
             turn.latency_ms = round((time.perf_counter() - turn.received_at) * 1000)
+            if self._turn is turn:
+                self._quiet.set()
         if text:
             turn.parts.append(text)
 
@@ -576,6 +589,9 @@ class RelaySession:
     async def _write_loop(self) -> None:
         while True:
             operation = await self._writes.get()
+            # Bounded: an LLM that never answers must not hold the transcript back.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._quiet.wait(), QUIET_WAIT_SECONDS)
             try:
                 await self._run_sync(operation)
             except Exception:

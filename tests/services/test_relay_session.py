@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -188,3 +189,72 @@ def test_an_empty_answer_is_never_silence(llm: FakeLLM, tenant: TenantFixture) -
 
     asyncio.run(scenario())
     assert [text for _, text, _ in turns(call)] == ["Hello?", APOLOGY, "Anyone?", APOLOGY]
+
+
+class TimedStore:
+    """The real relay store (PostgreSQL), noting when each transcript write starts."""
+
+    def __init__(self) -> None:
+        from app.services import relay as real
+
+        self._real = real
+        self.turn_writes: list[tuple[float, str]] = []
+
+    def bind_call(self, call_id: Any, call_sid: str) -> Any:
+        return self._real.bind_call(call_id, call_sid)
+
+    def store_turn(self, scope: Any, call_id: Any, **fields: Any) -> None:
+        self.turn_writes.append((time.perf_counter(), fields["role"]))
+        self._real.store_turn(scope, call_id, **fields)
+
+    def truncate_turn(self, scope: Any, call_id: Any, **fields: Any) -> None:
+        self._real.truncate_turn(scope, call_id, **fields)
+
+    def store_summary(self, scope: Any, call_id: Any, summary: str) -> None:
+        self._real.store_summary(scope, call_id, summary)
+
+
+def _first_text_at(harness: Harness, sent_at: list[float]) -> float:
+    return next(
+        at for frame, at in zip(harness.frames, sent_at, strict=True) if frame["type"] == "text"
+    )
+
+
+@pytest.mark.parametrize("quiet_wait", [None, 0.05])
+def test_transcript_writes_wait_for_the_first_token_but_not_forever(
+    llm: FakeLLM, tenant: TenantFixture, monkeypatch: pytest.MonkeyPatch, quiet_wait: float | None
+) -> None:
+    import app.telephony.relay as relay_module
+
+    if quiet_wait is not None:
+        monkeypatch.setattr(relay_module, "QUIET_WAIT_SECONDS", quiet_wait)
+    call = create_ringing_call(tenant.id, greeting=None)
+    llm.push(Script.text("Sure.", first_token_delay=0.3))
+    store = TimedStore()
+    sent_at: list[float] = []
+
+    async def scenario() -> Harness:
+        harness = Harness(llm, store=store)
+        original = harness.session._send_text
+
+        async def timed_send(text: str) -> None:
+            sent_at.append(time.perf_counter())
+            await original(text)
+
+        harness.session._send_text = timed_send
+        await harness.setup(call)
+        await harness.message(type="prompt", voicePrompt="Can you help?", last=True)
+        await harness.until(harness.answered)
+        await harness.session.close()
+        return harness
+
+    harness = asyncio.run(scenario())
+    first_text = _first_text_at(harness, sent_at)
+    caller_write = next(at for at, role in store.turn_writes if role == "caller")
+    if quiet_wait is None:
+        # The caller's turn is stored after the answer's first token went out, not during the wait.
+        assert caller_write > first_text
+    else:
+        # An answer slower than the bound does not hold the transcript back.
+        assert caller_write < first_text
+    assert turns(call) == [("caller", "Can you help?", False), ("agent", "Sure.", False)]
