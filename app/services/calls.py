@@ -6,6 +6,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -23,7 +24,7 @@ from app.models.base import utcnow
 from app.plans import get_plan
 from app.schemas.calls import CallFilters, OutboundCallCreate
 from app.services.pagination import PageResult, paginate
-from app.services.scope import TenantScope, get_scoped, lock_tenant, scoped
+from app.services.scope import TenantScope, get_scoped, lock_tenant, scoped, scoped_rows
 from app.services.telephony import (
     REJECT_CONCURRENCY_LIMIT,
     REJECT_MINUTES_EXHAUSTED,
@@ -94,9 +95,10 @@ class CallService:
         self.session = session
         self.scope = scope
 
-    def list(self, filters: CallFilters, *, limit: int, cursor: str | None) -> PageResult[Call]:
-        """One page of the tenant's calls matching every given filter, newest first."""
-        statement = scoped(Call, self.scope)
+    def list(self, filters: CallFilters, *, limit: int, cursor: str | None) -> PageResult[Any]:
+        """One page of the tenant's calls (rows with every column of `calls`) matching every
+        given filter, newest first."""
+        statement = scoped_rows(Call, self.scope)
         if filters.status is not None:
             statement = statement.where(Call.status == filters.status)
         if filters.direction is not None:
@@ -109,7 +111,7 @@ class CallService:
             statement = statement.where(Call.started_at >= _utc(filters.started_after))
         if filters.started_before is not None:
             statement = statement.where(Call.started_at < _utc(filters.started_before))
-        return paginate(self.session, statement, Call, limit=limit, cursor=cursor)
+        return paginate(self.session, statement, Call, limit=limit, cursor=cursor, rows=True)
 
     def get(self, call_id: uuid.UUID) -> tuple[Call, Sequence[CallTurn]]:
         """The call and its transcript turns by seq (two queries), or 404 (also another tenant's)."""

@@ -46,17 +46,28 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def paginate(
-    session: Session, statement: Select[T], model: Any, *, limit: int, cursor: str | None
-) -> PageResult[T]:
-    """One page of `statement` (already tenant-filtered), newest first, plus the next cursor."""
+    session: Session,
+    statement: Select[Any],
+    model: Any,
+    *,
+    limit: int,
+    cursor: str | None,
+    rows: bool = False,
+) -> PageResult[Any]:
+    """One page of `statement` (already tenant-filtered), newest first, plus the next cursor.
+
+    `rows`: the statement selects columns (`scoped_rows`), so the page holds rows, not objects.
+    """
     if cursor:
         created_at, row_id = decode_cursor(cursor)
         statement = statement.where(tuple_(model.created_at, model.id) < tuple_(created_at, row_id))
     statement = statement.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
-    rows = list(session.scalars(statement))
+    items: list[Any] = list(
+        session.execute(statement).all() if rows else session.scalars(statement)
+    )
     next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        last: Any = rows[-1]
+    if len(items) > limit:
+        items = items[:limit]
+        last = items[-1]
         next_cursor = encode_cursor(last.created_at, last.id)
-    return PageResult(items=rows, next_cursor=next_cursor)
+    return PageResult(items=items, next_cursor=next_cursor)

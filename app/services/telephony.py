@@ -32,7 +32,6 @@ from app.services.scope import (
     scope_param_filter,
     scope_params,
     scoped_template,
-    tenant_filter,
 )
 from app.telephony import twiml
 from app.telephony.signature import public_url, websocket_url
@@ -365,6 +364,15 @@ _INSERT_CALL = (
 )
 
 
+_USAGE = cast(Table, UsageRecord.__table__)
+_INSERT_USAGE = pg_insert(_USAGE).on_conflict_do_nothing(
+    index_elements=[_USAGE.c.tenant_id, _USAGE.c.call_id]
+)
+_TURNS_OF_CALL = (
+    scoped_template(CallTurn).where(CallTurn.call_id == bindparam("call_id")).order_by(CallTurn.seq)
+)
+
+
 class TelephonyService:
     """Handles Twilio's webhooks. Each method runs inside the request's one transaction."""
 
@@ -518,20 +526,18 @@ class TelephonyService:
         self.session.flush()
         # Unique (tenant_id, call_id): even a second path to this point could not meter twice.
         self.session.execute(
-            pg_insert(UsageRecord)
-            .values(
-                tenant_id=call.tenant_id,
-                call_id=call.id,
-                period=billing_period(now),
-                minutes=call.billable_minutes,
-            )
-            .on_conflict_do_nothing(index_elements=["tenant_id", "call_id"])
+            _INSERT_USAGE,
+            {
+                "id": new_id(),
+                "tenant_id": call.tenant_id,
+                "call_id": call.id,
+                "period": billing_period(now),
+                "minutes": call.billable_minutes,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
         turns = list(
-            self.session.scalars(
-                select(CallTurn)
-                .where(tenant_filter(CallTurn, call.tenant_id), CallTurn.call_id == call.id)
-                .order_by(CallTurn.seq)
-            )
+            self.session.scalars(_TURNS_OF_CALL, scope_params(call.tenant_id, call_id=call.id))
         )
         events.emit_event(self.session, call.tenant_id, "call.ended", call_ended_data(call, turns))
