@@ -5,13 +5,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import Cursor, DbSession, Limit, TenantContext, Writer
+from app.api.deps import Cursor, DbSession, Limit, TenantContext, TransactionalRoute, Writer
 from app.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized, error_responses
 from app.schemas.ai_profiles import AIProfileCreate, AIProfileOut, AIProfileUpdate
 from app.schemas.common import Page
 from app.services.ai_profiles import AIProfileService
 
-router = APIRouter(prefix="/tenants/{tenant_id}/ai-profiles", tags=["ai profiles"])
+router = APIRouter(
+    route_class=TransactionalRoute, prefix="/tenants/{tenant_id}/ai-profiles", tags=["ai profiles"]
+)
 
 
 @router.post(

@@ -4,13 +4,15 @@ import uuid
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import Cursor, DbSession, Limit, TenantContext, Writer
+from app.api.deps import Cursor, DbSession, Limit, TenantContext, TransactionalRoute, Writer
 from app.errors import Forbidden, NotFound, Unauthorized, error_responses
 from app.schemas.common import Page
 from app.schemas.tenants import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from app.services.api_keys import ApiKeyService
 
-router = APIRouter(prefix="/tenants/{tenant_id}/api-keys", tags=["api keys"])
+router = APIRouter(
+    route_class=TransactionalRoute, prefix="/tenants/{tenant_id}/api-keys", tags=["api keys"]
+)
 
 
 @router.post(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from app.api.deps import Cursor, DbSession, Limit, TenantContext, Writer
+from app.api.deps import Cursor, DbSession, Limit, TenantContext, TransactionalRoute, Writer
 from app.errors import NotFound, Unauthorized, error_responses
 from app.schemas.calls import (
     CallDetailOut,
@@ -27,7 +27,9 @@ from app.services.calls import (
 from app.telephony.numbers import InvalidPhoneNumber
 from app.telephony.request import TelephonyNotConfigured
 
-router = APIRouter(prefix="/tenants/{tenant_id}/calls", tags=["calls"])
+router = APIRouter(
+    route_class=TransactionalRoute, prefix="/tenants/{tenant_id}/calls", tags=["calls"]
+)
 
 
 @router.get("", responses=error_responses(Unauthorized, NotFound))

@@ -4,10 +4,11 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from app.api.deps import TransactionalRoute
 from app.config.settings import settings
 from app.services.health import check_health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=TransactionalRoute, tags=["health"])
 
 
 @router.get(

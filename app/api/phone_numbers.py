@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import Cursor, DbSession, Limit, TenantContext, Writer
+from app.api.deps import Cursor, DbSession, Limit, TenantContext, TransactionalRoute, Writer
 from app.errors import (
     Conflict,
     Forbidden,
@@ -19,7 +19,11 @@ from app.schemas.common import Page
 from app.schemas.phone_numbers import PhoneNumberCreate, PhoneNumberOut, PhoneNumberUpdate
 from app.services.phone_numbers import PhoneNumberService
 
-router = APIRouter(prefix="/tenants/{tenant_id}/phone-numbers", tags=["phone numbers"])
+router = APIRouter(
+    route_class=TransactionalRoute,
+    prefix="/tenants/{tenant_id}/phone-numbers",
+    tags=["phone numbers"],
+)
 
 
 @router.post(

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import CurrentPrincipal
+from app.api.deps import CurrentPrincipal, TransactionalRoute
 from app.errors import Unauthorized, error_responses
 from app.plans import PLANS
 from app.schemas.plans import PlanOut
 
-router = APIRouter(prefix="/plans", tags=["billing"])
+router = APIRouter(route_class=TransactionalRoute, prefix="/plans", tags=["billing"])
 
 
 @router.get("", responses=error_responses(Unauthorized), summary="The plan catalogue")

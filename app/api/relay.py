@@ -11,6 +11,7 @@ import logging
 
 from fastapi import APIRouter, Response, WebSocket
 
+from app.api.deps import TransactionalRoute
 from app.errors import error_responses
 from app.services.relay import relay_action_twiml
 from app.telephony.relay import POLICY_VIOLATION, RelaySession, handshake_rejection
@@ -18,7 +19,7 @@ from app.telephony.request import InvalidTwilioSignature, TelephonyNotConfigured
 
 logger = logging.getLogger("vca.relay")
 
-router = APIRouter(prefix="/telephony/twilio", tags=["telephony"])
+router = APIRouter(route_class=TransactionalRoute, prefix="/telephony/twilio", tags=["telephony"])
 
 SETUP_TIMEOUT_SECONDS = 10.0
 

@@ -6,12 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import DbSession
+from app.api.deps import DbSession, TransactionalRoute
 from app.errors import error_responses
 from app.services.telephony import EMPTY_TWIML, TelephonyService
 from app.telephony.request import InvalidTwilioSignature, TelephonyNotConfigured, TwilioForm
 
-router = APIRouter(prefix="/telephony/twilio", tags=["telephony"])
+router = APIRouter(route_class=TransactionalRoute, prefix="/telephony/twilio", tags=["telephony"])
 
 TWIML_MEDIA_TYPE = "application/xml"
 TWIML_RESPONSE: dict[int | str, dict[str, Any]] = {

@@ -2,13 +2,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import AdminOnly, Cursor, DbSession, Limit, TenantContext, Writer
+from app.api.deps import (
+    AdminOnly,
+    Cursor,
+    DbSession,
+    Limit,
+    TenantContext,
+    TransactionalRoute,
+    Writer,
+)
 from app.errors import Conflict, Forbidden, NotFound, Unauthorized, error_responses
 from app.schemas.common import Page
 from app.schemas.tenants import TenantCreate, TenantOut, TenantUpdate
 from app.services.tenants import TenantService
 
-router = APIRouter(prefix="/tenants", tags=["tenants"])
+router = APIRouter(route_class=TransactionalRoute, prefix="/tenants", tags=["tenants"])
 
 
 @router.post(

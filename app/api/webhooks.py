@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.api.deps import Cursor, DbSession, Limit, TenantContext, Writer
+from app.api.deps import Cursor, DbSession, Limit, TenantContext, TransactionalRoute, Writer
 from app.errors import Forbidden, InvalidInput, NotFound, Unauthorized, error_responses
 from app.schemas.common import Page
 from app.schemas.webhooks import (
@@ -25,7 +25,9 @@ from app.services.webhooks import (
     WebhookService,
 )
 
-router = APIRouter(prefix="/tenants/{tenant_id}/webhooks", tags=["webhooks"])
+router = APIRouter(
+    route_class=TransactionalRoute, prefix="/tenants/{tenant_id}/webhooks", tags=["webhooks"]
+)
 
 
 def _with_secret(endpoint: object, secret: str) -> WebhookWithSecret:
