@@ -262,10 +262,26 @@ _DEFAULT_PROFILE = scoped_template(AIProfile).where(AIProfile.is_default.is_(Tru
 _ONE_ROW = select(literal(1).label("one")).subquery()
 
 
+@dataclass(frozen=True)
+class AnsweringProfile:
+    """What the TwiML of an admitted call needs from its AI profile."""
+
+    id: uuid.UUID
+    greeting: str | None
+    language: str
+    voice: str | None
+
+
 def _admission(metered: bool) -> Select[Any]:
     counts = (_ACTIVE_CALLS, _MINUTES_USED if metered else _NOT_METERED)
+    profile = (
+        AIProfile.id.label("answering_id"),
+        AIProfile.greeting.label("answering_greeting"),
+        AIProfile.language.label("answering_language"),
+        AIProfile.voice.label("answering_voice"),
+    )
     return (
-        select(*counts, AIProfile)
+        select(*counts, *profile)
         .select_from(_ONE_ROW)
         .outerjoin(
             AIProfile,
@@ -284,7 +300,7 @@ _ADMISSION = {True: _admission(True), False: _admission(False)}
 
 def admit_inbound_call(
     session: Session, tenant: LockedTenant, number_profile_id: uuid.UUID | None
-) -> tuple[str | None, AIProfile | None]:
+) -> tuple[str | None, AnsweringProfile | None]:
     """The reason an inbound call is refused (or None) and the profile that answers it.
 
     The caller holds the tenant row lock (`route_voice`), as `call_limit_violation` requires.
@@ -298,8 +314,11 @@ def admit_inbound_call(
     reason = _violation(tenant.status, tenant.plan, row.active_calls, row.minutes_used)
     if reason is not None:
         return reason, None
-    profile: AIProfile | None = row.AIProfile
-    return (None, profile) if profile is not None else (REJECT_NO_AI_PROFILE, None)
+    if row.answering_id is None:
+        return REJECT_NO_AI_PROFILE, None
+    return None, AnsweringProfile(
+        row.answering_id, row.answering_greeting, row.answering_language, row.answering_voice
+    )
 
 
 def resolve_ai_profile(
@@ -317,7 +336,7 @@ def resolve_ai_profile(
     return session.scalars(_DEFAULT_PROFILE, scope_params(scope)).first()
 
 
-def relay_twiml(call_id: uuid.UUID, profile: AIProfile) -> str:
+def relay_twiml(call_id: uuid.UUID, profile: AIProfile | AnsweringProfile) -> str:
     """The ConversationRelay TwiML that connects `call` to our WebSocket with `profile`'s voice."""
     base = settings.PUBLIC_BASE_URL or ""
     return twiml.conversation_relay(
