@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
-from sqlalchemy import Select, bindparam, column, func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from app.config.settings import settings
@@ -18,17 +17,10 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 # One round trip (migration 0004): the cross-tenant key lookup, the tenant binding of the
 # transaction and the throttled last_used_at write. Built once: every authenticated request runs it.
-_AUTHENTICATE: Select[*tuple[Any, ...]] = select(
-    column("key_id"),
-    column("tenant_id"),
-    column("role"),
-    column("tenant_status"),
-    column("tenant_plan"),
-).select_from(
-    func.authenticate_api_key(
-        bindparam("prefix"), bindparam("key_hash"), bindparam("now"), bindparam("touch_before")
-    ).table_valued("key_id", "tenant_id", "role", "tenant_status", "tenant_plan")
-)
+_AUTHENTICATE_ROW = func.authenticate_api_key(
+    bindparam("prefix"), bindparam("key_hash"), bindparam("now"), bindparam("touch_before")
+).table_valued("key_id", "tenant_id", "role", "tenant_status", "tenant_plan")
+_AUTHENTICATE = select(*_AUTHENTICATE_ROW.c)
 
 
 def authenticate(session: Session, presented: str) -> Principal | None:

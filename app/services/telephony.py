@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, column, func, literal, or_, select
+from sqlalchemy import Select, Table, and_, bindparam, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 from twilio.twiml.voice_response import VoiceResponse
@@ -121,27 +121,19 @@ class VoiceRoute:
     tenant: LockedTenant | None
 
 
-_ROUTE_VOICE: Select[*tuple[Any, ...]] = select(
-    column("known_tenant_id"),
-    column("number_id"),
-    column("tenant_id"),
-    column("number"),
-    column("number_status"),
-    column("ai_profile_id"),
-    column("tenant_status"),
-    column("tenant_plan"),
-).select_from(
-    func.route_inbound_call(bindparam("call_sid"), bindparam("to_number")).table_valued(
-        "known_tenant_id",
-        "number_id",
-        "tenant_id",
-        "number",
-        "number_status",
-        "ai_profile_id",
-        "tenant_status",
-        "tenant_plan",
-    )
+_ROUTE_VOICE_ROW = func.route_inbound_call(
+    bindparam("call_sid"), bindparam("to_number")
+).table_valued(
+    "known_tenant_id",
+    "number_id",
+    "tenant_id",
+    "number",
+    "number_status",
+    "ai_profile_id",
+    "tenant_status",
+    "tenant_plan",
 )
+_ROUTE_VOICE = select(*_ROUTE_VOICE_ROW.c)
 
 
 def route_voice(session: Session, call_sid: str, to_number: str) -> VoiceRoute:
@@ -228,15 +220,21 @@ def _limit_params(tenant_id: uuid.UUID) -> dict[str, Any]:
     )
 
 
-def _violation(status: str, plan_name: str, active_calls: int, minutes_used: int) -> str | None:
-    if status == "suspended":
-        return REJECT_TENANT_SUSPENDED
-    plan = get_plan(plan_name)
-    if active_calls >= plan.max_concurrent_calls:
-        return REJECT_CONCURRENCY_LIMIT
-    if plan.rejects_when_minutes_run_out and minutes_used >= plan.included_minutes:
-        return REJECT_MINUTES_EXHAUSTED
-    return None
+def _check_limits(
+    session: Session, tenant: Tenant | LockedTenant, statements: dict[bool, Any], **params: Any
+) -> tuple[str | None, Any]:
+    """Run the limit statement for `tenant`'s plan; (the end_reason refusing a call or None,
+    the row read). A suspended tenant is refused without a query."""
+    if tenant.status == "suspended":
+        return REJECT_TENANT_SUSPENDED, None
+    plan = get_plan(tenant.plan)
+    statement = statements[plan.rejects_when_minutes_run_out]
+    row = session.execute(statement, {**_limit_params(tenant.id), **params}).one()
+    if row.active_calls >= plan.max_concurrent_calls:
+        return REJECT_CONCURRENCY_LIMIT, row
+    if plan.rejects_when_minutes_run_out and row.minutes_used >= plan.included_minutes:
+        return REJECT_MINUTES_EXHAUSTED, row
+    return None, row
 
 
 def call_limit_violation(session: Session, tenant: Tenant | LockedTenant) -> str | None:
@@ -246,11 +244,7 @@ def call_limit_violation(session: Session, tenant: Tenant | LockedTenant) -> str
     before this check until its new call is flushed: the count and the insert are then serialized
     per tenant, so N racing calls against a limit of k admit exactly k.
     """
-    if tenant.status == "suspended":
-        return REJECT_TENANT_SUSPENDED
-    metered = get_plan(tenant.plan).rejects_when_minutes_run_out
-    counts = session.execute(_LIMIT_COUNTS[metered], _limit_params(tenant.id)).one()
-    return _violation(tenant.status, tenant.plan, counts.active_calls, counts.minutes_used)
+    return _check_limits(session, tenant, _LIMIT_COUNTS)[0]
 
 
 _CALL_BY_SID = scoped_template(Call).where(Call.provider_call_sid == bindparam("call_sid"))
@@ -305,13 +299,7 @@ def admit_inbound_call(
 
     The caller holds the tenant row lock (`route_voice`), as `call_limit_violation` requires.
     """
-    if tenant.status == "suspended":
-        return REJECT_TENANT_SUSPENDED, None
-    metered = get_plan(tenant.plan).rejects_when_minutes_run_out
-    row = session.execute(
-        _ADMISSION[metered], {**_limit_params(tenant.id), "profile_id": number_profile_id}
-    ).one()
-    reason = _violation(tenant.status, tenant.plan, row.active_calls, row.minutes_used)
+    reason, row = _check_limits(session, tenant, _ADMISSION, profile_id=number_profile_id)
     if reason is not None:
         return reason, None
     if row.answering_id is None:

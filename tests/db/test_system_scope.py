@@ -72,6 +72,29 @@ def test_only_pinned_sql_functions_enter_the_system_scope(owner_engine: Engine) 
             assert on == off == 1, name
 
 
+def _module_statements_built_with(tree: ast.Module, pattern: re.Pattern[str]) -> set[str]:
+    """Module-level names assigned from an expression naming the function, or naming another
+    such name (a statement built from a statement), to a fixed point."""
+    assignments = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            assignments.append((node.targets, ast.unparse(node.value)))
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            assignments.append(([node.target], ast.unparse(node.value)))
+    carriers: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for targets, source in assignments:
+            names = {t.id for t in targets if isinstance(t, ast.Name)} - carriers
+            if names and (
+                pattern.search(source) or any(re.search(rf"\b{c}\b", source) for c in carriers)
+            ):
+                carriers |= names
+                changed = True
+    return carriers
+
+
 def _sql_function_call_sites(name: str) -> set[tuple[str, str]]:
     """Python functions that run SQL function `name`: `func.<name>(…)` in their body, or a
     module-level statement built with it."""
@@ -80,17 +103,7 @@ def _sql_function_call_sites(name: str) -> set[tuple[str, str]]:
     for path in APP_DIR.rglob("*.py"):
         relative = str(path.relative_to(APP_DIR.parent))
         tree = ast.parse(path.read_text())
-        carriers = set()
-        for node in tree.body:
-            targets = (
-                node.targets
-                if isinstance(node, ast.Assign)
-                else [node.target]
-                if isinstance(node, ast.AnnAssign) and node.value is not None
-                else []
-            )
-            if targets and pattern.search(ast.unparse(node)):
-                carriers |= {t.id for t in targets if isinstance(t, ast.Name)}
+        carriers = _module_statements_built_with(tree, pattern)
         for function in ast.walk(tree):
             if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
