@@ -227,6 +227,8 @@ def insert_call(tenant_id: uuid.UUID, **fields: Any) -> uuid.UUID:
         "billable_minutes": 0,
     }
     values.update(fields)
+    if values["status"] == "in_progress" and "answered_at" not in fields:
+        values["answered_at"] = values["started_at"] or utcnow()  # a talking call was answered
     with tenant_session(tenant_id) as session:
         call = Call(tenant_id=tenant_id, **values)
         session.add(call)

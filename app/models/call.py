@@ -3,10 +3,22 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, String, Text, UniqueConstraint
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKeyConstraint,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TenantOwned
+
+# Calls that occupy a line (the plan's concurrent-call limit), by how their age is measured.
+RINGING_STATUSES = ("queued", "ringing")
+TALKING_STATUS = "in_progress"
 
 CALL_STATUSES = (
     "queued",
@@ -29,6 +41,10 @@ class Call(TenantOwned, Base):
         CheckConstraint(
             "status IN (" + ", ".join(f"'{s}'" for s in CALL_STATUSES) + ")", name="status"
         ),
+        # A call talking since when: what its line is counted by (see the index below).
+        CheckConstraint(
+            f"status <> '{TALKING_STATUS}' OR answered_at IS NOT NULL", name="talking_answered"
+        ),
         ForeignKeyConstraint(
             ["tenant_id", "phone_number_id"], ["phone_numbers.tenant_id", "phone_numbers.id"]
         ),
@@ -37,9 +53,26 @@ class Call(TenantOwned, Base):
         ),
         Index("ix_calls_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
         Index("ix_calls_tenant_id_started_at", "tenant_id", "started_at"),
-        Index("ix_calls_tenant_id_status", "tenant_id", "status"),
+        # The list filtered by status, in keyset order.
+        Index("ix_calls_tenant_id_status_created_at_id", "tenant_id", "status", "created_at", "id"),
         Index("ix_calls_tenant_id_phone_number_id", "tenant_id", "phone_number_id"),
         Index("ix_calls_tenant_id_ai_profile_id", "tenant_id", "ai_profile_id"),
+        # The concurrent-call count (app/services/telephony.py) reads only the recent end of these:
+        # calls whose final callback never came stay ringing forever, and with an index on status
+        # alone every admission visited each of them. Plain columns, not coalesce(): under row-level
+        # security only leakproof conditions can be index conditions.
+        Index(
+            "ix_calls_tenant_id_ringing_since",
+            "tenant_id",
+            "created_at",
+            postgresql_where=text("status IN ('queued', 'ringing')"),
+        ),
+        Index(
+            "ix_calls_tenant_id_talking_since",
+            "tenant_id",
+            "answered_at",
+            postgresql_where=text("status = 'in_progress'"),
+        ),
     )
 
     phone_number_id: Mapped[uuid.UUID | None]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Engine, create_engine
+import pytest
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 from starlette.testclient import TestClient
@@ -15,7 +18,13 @@ from starlette.testclient import TestClient
 from app.config.database import tenant_session
 from app.models import Tenant, UsageRecord
 from app.plans import get_plan
-from app.services.telephony import TelephonyService, billing_period, call_limit_violation
+from app.services.telephony import (
+    _ACTIVE_CALLS,
+    TelephonyService,
+    _limit_params,
+    billing_period,
+    call_limit_violation,
+)
 from tests.conftest import DB_URLS
 from tests.helpers import (
     count_tenant_rows,
@@ -149,11 +158,10 @@ def test_limits_apply_in_order_suspension_then_lines_then_minutes(
 def test_calls_whose_final_callback_never_came_stop_holding_the_line(
     client: TestClient, admin_headers: dict[str, str]
 ) -> None:
-    from datetime import timedelta
-
     tenant = make_tenant(client, admin_headers, plan="free")  # one line
     now = datetime.now(UTC)
-    insert_call(tenant.id, status="ringing", started_at=now - timedelta(minutes=10))
+    ten_minutes_ago = now - timedelta(minutes=10)
+    insert_call(tenant.id, status="ringing", started_at=ten_minutes_ago, created_at=ten_minutes_ago)
     insert_call(
         tenant.id,
         status="in_progress",
@@ -174,9 +182,51 @@ def test_a_fresh_unanswered_call_holds_the_line(
 
 
 def test_billing_period_is_the_utc_month() -> None:
-    from datetime import timedelta, timezone
+    from datetime import timezone
 
     # 23:30 on 31 January in New York is already February in UTC.
     new_york = timezone(timedelta(hours=-5))
     assert billing_period(datetime(2026, 1, 31, 23, 30, tzinfo=new_york)) == "2026-02"
     assert billing_period(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == "2026-12"
+
+
+def _plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(n for child in node.get("Plans", []) for n in _plan_nodes(child))]
+
+
+def test_counting_active_calls_reads_only_the_calls_that_still_hold_a_line(
+    client: TestClient, admin_headers: dict[str, str]
+) -> None:
+    """Calls left ringing or talking long ago are outside the count's index range, not filtered
+    out row by row: an admission costs the same after a thousand lost callbacks as before."""
+    tenant = make_tenant(client, admin_headers, plan="pro")
+    long_ago = datetime.now(UTC) - timedelta(hours=6)
+    for _ in range(30):
+        insert_call(tenant.id, status="ringing", started_at=long_ago, created_at=long_ago)
+        insert_call(tenant.id, status="in_progress", started_at=long_ago)
+    insert_call(tenant.id, status="ringing")
+    insert_call(tenant.id, status="in_progress")
+    statement = select(_ACTIVE_CALLS)
+    with tenant_session(tenant.id) as session:
+        session.execute(text("SET LOCAL enable_seqscan = off"))  # the plan of a big table
+        params = _limit_params(tenant.id)
+        assert session.scalar(statement, params) == 2
+        compiled = statement.compile(dialect=session.get_bind().dialect)
+        sql = "EXPLAIN (ANALYZE, FORMAT JSON) " + str(compiled)
+        driver_params = {k: str(v) if isinstance(v, uuid.UUID) else v for k, v in params.items()}
+        [[plan]] = session.connection().exec_driver_sql(sql, driver_params).all()
+    scans = [node for node in _plan_nodes(plan[0]["Plan"]) if node.get("Relation Name") == "calls"]
+    assert len(scans) == 2
+    for scan in scans:
+        assert scan["Actual Rows"] == 1, scan
+        assert scan.get("Rows Removed by Filter", 0) == 0, scan
+        assert scan.get("Rows Removed by Index Recheck", 0) == 0, scan
+
+
+def test_a_talking_call_has_an_answer_time(
+    client: TestClient, admin_headers: dict[str, str]
+) -> None:
+    """What the count of talking calls is ordered by; a row without it would never count."""
+    tenant = make_tenant(client, admin_headers, plan="pro")
+    with pytest.raises(IntegrityError, match="ck_calls_talking_answered"):
+        insert_call(tenant.id, status="in_progress", answered_at=None)
