@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench.load import LoadResult, ensure_wrk, run_get, run_signed_posts  # noqa: E402
-from bench.seed import BIG_TENANT_SLUG, is_seeded, seed  # noqa: E402
+from bench.seed import BIG_TENANT_SLUG, is_seeded, reset, seed  # noqa: E402
 from scripts.devdb import provision, server_url_from_env  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -193,6 +193,9 @@ def main() -> int:
             turn_sample=profile.turn_sample,
         )
         print(f"Seeded in {seed_seconds:.0f} s", flush=True)
+    else:
+        removed = reset(owner)
+        print(f"Reusing the data set ({removed:,} calls of earlier runs removed)", flush=True)
     fixtures = load_fixtures(owner, profile)
     env["BENCH_CEILING_TENANT_ID"] = fixtures["big_tenant_id"]
     wrk = ensure_wrk()

@@ -22,6 +22,30 @@ def is_seeded(engine: Engine, tenants: int, calls: int) -> bool:
         return bool(have_calls and have_calls >= calls)
 
 
+def reset(engine: Engine) -> int:
+    """Put back the data set as seeded: remove what earlier runs' load phases added.
+
+    The voice phase leaves thousands of calls ringing, the status phase usage records and
+    `call.ended` events, the relay and webhook phases calls, turns, events and deliveries. Kept,
+    they made each run measure a bigger data set than the one before. Returns the calls removed.
+    """
+    with engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        removed = conn.execute(
+            text(
+                "DELETE FROM calls"
+                " WHERE provider_call_sid IS NULL OR provider_call_sid NOT LIKE 'CAbench%'"
+            )
+        ).rowcount  # their turns and usage records go with them (ON DELETE CASCADE)
+        conn.execute(text("DELETE FROM webhook_endpoints"))  # and their deliveries
+        conn.execute(text("DELETE FROM webhook_events"))
+        conn.execute(text("DELETE FROM api_keys WHERE name = 'bench'"))  # one per run
+    if removed:
+        with engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
+    return int(removed)
+
+
 def seed(
     engine: Engine, *, tenants: int, calls: int, big_tenant_calls: int, turn_sample: int
 ) -> float:
