@@ -9,11 +9,12 @@ import uuid
 from fastapi import FastAPI
 from sqlalchemy import text
 
-from app.config.database import tenant_session
+from app.config.database import prepared, tenant_session
 
 app = FastAPI()
 TENANT_ID = uuid.UUID(os.environ["BENCH_CEILING_TENANT_ID"])
-_SELECT = text("SELECT id, name FROM tenants WHERE id = :id")
+# Prepared like the API's hot statements: "the same engine settings".
+_SELECT = prepared(text("SELECT id, name FROM tenants WHERE id = :id"))
 
 
 @app.get("/noop")

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     DATABASE_URL: str
     MIGRATION_DATABASE_URL: str | None = None
     DATABASE_POOL_SIZE: int = Field(default=10, ge=1, le=200)
+    # Server-side prepared statements for the hot paths (app/config/database.py); off behind a
+    # pooler that hands one client's statements to several server connections (PgBouncer in
+    # transaction mode).
+    DATABASE_PREPARED_STATEMENTS: bool = True
     ADMIN_API_KEY: str = Field(min_length=32)
     PUBLIC_BASE_URL: str | None = None
     TWILIO_ACCOUNT_SID: str | None = None

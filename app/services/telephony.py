@@ -31,6 +31,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 from twilio.twiml.voice_response import VoiceResponse
 
+from app.config.database import prepared
 from app.config.settings import settings
 from app.models import AIProfile, Call, CallTurn, Tenant, UsageRecord
 from app.models.base import new_id, utcnow
@@ -146,7 +147,7 @@ _ROUTE_VOICE_ROW = func.route_inbound_call(
     "tenant_status",
     "tenant_plan",
 )
-_ROUTE_VOICE = select(*_ROUTE_VOICE_ROW.c)
+_ROUTE_VOICE = prepared(select(*_ROUTE_VOICE_ROW.c))
 
 
 def route_voice(session: Session, call_sid: str, to_number: str) -> VoiceRoute:
@@ -172,7 +173,7 @@ def route_voice(session: Session, call_sid: str, to_number: str) -> VoiceRoute:
     return VoiceRoute(known_call_tenant_id=row.known_tenant_id, number=number, tenant=tenant)
 
 
-_BIND_CALL_SID = select(func.bind_call_sid(bindparam("call_sid")))
+_BIND_CALL_SID = prepared(select(func.bind_call_sid(bindparam("call_sid"))))
 
 
 def bind_call_sid(session: Session, call_sid: str) -> uuid.UUID | None:
@@ -222,8 +223,8 @@ _MINUTES_USED = (
 _NOT_METERED = literal(0).label("minutes_used")
 # What the limits need, in one statement; the month's minutes only for plans that stop on them.
 _LIMIT_COUNTS = {
-    True: select(_ACTIVE_CALLS, _MINUTES_USED),
-    False: select(_ACTIVE_CALLS, _NOT_METERED),
+    True: prepared(select(_ACTIVE_CALLS, _MINUTES_USED)),
+    False: prepared(select(_ACTIVE_CALLS, _NOT_METERED)),
 }
 
 
@@ -264,10 +265,14 @@ def call_limit_violation(session: Session, tenant: Tenant | LockedTenant) -> str
     return _check_limits(session, tenant, _LIMIT_COUNTS)[0]
 
 
-_CALL_BY_SID = scoped_template(Call).where(Call.provider_call_sid == bindparam("call_sid"))
+_CALL_BY_SID = prepared(
+    scoped_template(Call).where(Call.provider_call_sid == bindparam("call_sid"))
+)
 _CALL_BY_SID_FOR_UPDATE = _CALL_BY_SID.with_for_update()
-_PROFILE_BY_ID = scoped_template(AIProfile).where(AIProfile.id == bindparam("profile_id"))
-_DEFAULT_PROFILE = scoped_template(AIProfile).where(AIProfile.is_default.is_(True)).limit(1)
+_PROFILE_BY_ID = prepared(scoped_template(AIProfile).where(AIProfile.id == bindparam("profile_id")))
+_DEFAULT_PROFILE = prepared(
+    scoped_template(AIProfile).where(AIProfile.is_default.is_(True)).limit(1)
+)
 # The limits and the profile of an inbound call in one statement: the number's profile if it
 # has one, else the tenant's default (the one row; no profile at all leaves it NULL).
 _ONE_ROW = select(literal(1).label("one")).subquery()
@@ -306,7 +311,7 @@ def _admission(metered: bool) -> Select[Any]:
     )
 
 
-_ADMISSION = {True: _admission(True), False: _admission(False)}
+_ADMISSION = {True: prepared(_admission(True)), False: prepared(_admission(False))}
 
 
 def admit_inbound_call(
@@ -381,7 +386,7 @@ def _parse_duration(raw: str | None) -> int | None:
 # finds the committed row and answers with that call instead.
 # Core, not ORM: the ORM's bulk-insert machinery cost more Python time than the round trip.
 _CALLS = cast(Table, Call.__table__)
-_INSERT_CALL = (
+_INSERT_CALL = prepared(
     pg_insert(_CALLS)
     .on_conflict_do_nothing(index_elements=[_CALLS.c.provider_call_sid])
     .returning(_CALLS.c.id)
@@ -389,10 +394,10 @@ _INSERT_CALL = (
 
 
 _USAGE = cast(Table, UsageRecord.__table__)
-_INSERT_USAGE = pg_insert(_USAGE).on_conflict_do_nothing(
-    index_elements=[_USAGE.c.tenant_id, _USAGE.c.call_id]
+_INSERT_USAGE = prepared(
+    pg_insert(_USAGE).on_conflict_do_nothing(index_elements=[_USAGE.c.tenant_id, _USAGE.c.call_id])
 )
-_TURNS_OF_CALL = (
+_TURNS_OF_CALL = prepared(
     scoped_template(CallTurn).where(CallTurn.call_id == bindparam("call_id")).order_by(CallTurn.seq)
 )
 
