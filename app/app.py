@@ -159,12 +159,13 @@ def create_app() -> FastAPI:
         ],
     )
     _register_error_handlers(app)
-    app.include_router(health.router)
-    for module in (tenants, api_keys, phone_numbers, ai_profiles, calls, plans):
-        app.include_router(module.router, prefix=API_PREFIX)
-    app.include_router(webhooks.router, prefix=API_PREFIX)
+    # A request is matched against the routes in this order, one by one: the busiest paths go
+    # first (no two groups overlap, so the order changes nothing else).
     app.include_router(telephony.router)
     app.include_router(relay.router)
+    for module in (calls, phone_numbers, tenants, api_keys, ai_profiles, plans, webhooks):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(health.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
