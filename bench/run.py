@@ -196,6 +196,7 @@ def main() -> int:
     else:
         removed = reset(owner)
         print(f"Reusing the data set ({removed:,} calls of earlier runs removed)", flush=True)
+    os.environ.update(env)  # the app's modules imported from here on read their settings from it
     fixtures = load_fixtures(owner, profile)
     env["BENCH_CEILING_TENANT_ID"] = fixtures["big_tenant_id"]
     wrk = ensure_wrk()

@@ -6,8 +6,10 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, cast
 
+from sqlalchemy import ColumnElement, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from app.config.settings import settings
@@ -23,13 +25,20 @@ from app.models import AIProfile, Call, CallTurn, PhoneNumber
 from app.models.base import utcnow
 from app.plans import get_plan
 from app.schemas.calls import CallFilters, OutboundCallCreate
-from app.services.pagination import PageResult, paginate
-from app.services.scope import TenantScope, get_scoped, lock_tenant, scoped, scoped_rows
+from app.services.pagination import PageResult, PageStatements, page_statements, run_page
+from app.services.scope import (
+    TenantScope,
+    get_scoped,
+    lock_tenant,
+    scope_param_filter,
+    scope_params,
+)
 from app.services.telephony import (
     REJECT_CONCURRENCY_LIMIT,
     REJECT_MINUTES_EXHAUSTED,
     REJECT_TENANT_SUSPENDED,
     STATUS_PATH,
+    TURNS_OF_CALL,
     VOICE_PATH,
     call_limit_violation,
     resolve_ai_profile,
@@ -80,6 +89,26 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+# The list's filters, each a condition on a bound parameter of its own name.
+_FILTERS: dict[str, ColumnElement[bool]] = {
+    "status": Call.status == bindparam("status"),
+    "direction": Call.direction == bindparam("direction"),
+    "phone_number_id": Call.phone_number_id == bindparam("phone_number_id"),
+    "ai_profile_id": Call.ai_profile_id == bindparam("ai_profile_id"),
+    "started_after": Call.started_at >= bindparam("started_after"),
+    "started_before": Call.started_at < bindparam("started_before"),
+}
+
+
+@lru_cache(maxsize=2 ** len(_FILTERS))  # every subset, in `_FILTERS` order
+def _call_pages(filters: tuple[str, ...]) -> PageStatements:
+    """The list's statements for one combination of filters (in `_FILTERS` order)."""
+    statement = select(*cast(Table, Call.__table__).c).where(scope_param_filter(Call))
+    for name in filters:
+        statement = statement.where(_FILTERS[name])
+    return page_statements(statement, Call)
+
+
 def twilio_client() -> TwilioRest:
     """A Twilio REST client from the settings (the caller has checked telephony is configured)."""
     return TwilioRest(
@@ -98,31 +127,24 @@ class CallService:
     def list(self, filters: CallFilters, *, limit: int, cursor: str | None) -> PageResult[Any]:
         """One page of the tenant's calls (rows with every column of `calls`) matching every
         given filter, newest first."""
-        statement = scoped_rows(Call, self.scope)
-        if filters.status is not None:
-            statement = statement.where(Call.status == filters.status)
-        if filters.direction is not None:
-            statement = statement.where(Call.direction == filters.direction)
-        if filters.phone_number_id is not None:
-            statement = statement.where(Call.phone_number_id == filters.phone_number_id)
-        if filters.ai_profile_id is not None:
-            statement = statement.where(Call.ai_profile_id == filters.ai_profile_id)
-        if filters.started_after is not None:
-            statement = statement.where(Call.started_at >= _utc(filters.started_after))
-        if filters.started_before is not None:
-            statement = statement.where(Call.started_at < _utc(filters.started_before))
-        return paginate(self.session, statement, Call, limit=limit, cursor=cursor, rows=True)
+        given = {name: getattr(filters, name) for name in _FILTERS}
+        given = {name: value for name, value in given.items() if value is not None}
+        for name in ("started_after", "started_before"):
+            if name in given:
+                given[name] = _utc(given[name])
+        return run_page(
+            self.session,
+            _call_pages(tuple(given)),
+            scope_params(self.scope, **given),
+            limit=limit,
+            cursor=cursor,
+            rows=True,
+        )
 
     def get(self, call_id: uuid.UUID) -> tuple[Call, Sequence[CallTurn]]:
         """The call and its transcript turns by seq (two queries), or 404 (also another tenant's)."""
         call = get_scoped(self.session, Call, self.scope, call_id, what="Call")
-        turns = list(
-            self.session.scalars(
-                scoped(CallTurn, self.scope)
-                .where(CallTurn.call_id == call.id)
-                .order_by(CallTurn.seq)
-            )
-        )
+        turns = list(self.session.scalars(TURNS_OF_CALL, scope_params(self.scope, call_id=call.id)))
         return call, turns
 
     def create_outbound(self, data: OutboundCallCreate) -> Call:

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, tuple_
+from sqlalchemy import Select, bindparam, tuple_
 from sqlalchemy.orm import Session
 
+from app.config.database import prepared
 from app.errors import InvalidInput
 
 T = TypeVar("T")
@@ -45,6 +46,54 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidCursor() from exc
 
 
+@dataclass(frozen=True)
+class PageStatements:
+    """A list's statement in keyset order, as the first page and as the pages after a cursor.
+
+    Built once with bound parameters (`page_limit`; `after_created_at`, `after_id` for a cursor)
+    and run as prepared statements: a page then costs neither building nor planning a query.
+    """
+
+    first: Select[Any]
+    after: Select[Any]
+
+
+def page_statements(statement: Select[Any], model: Any) -> PageStatements:
+    ordered = statement.order_by(model.created_at.desc(), model.id.desc()).limit(
+        bindparam("page_limit")
+    )
+    after = ordered.where(
+        tuple_(model.created_at, model.id)
+        < tuple_(bindparam("after_created_at"), bindparam("after_id"))
+    )
+    return PageStatements(first=prepared(ordered), after=prepared(after))
+
+
+def run_page(
+    session: Session,
+    statements: PageStatements,
+    params: dict[str, Any],
+    *,
+    limit: int,
+    cursor: str | None,
+    rows: bool = False,
+) -> PageResult[Any]:
+    """One page, newest first, plus the next cursor (`rows`: plain rows instead of objects)."""
+    params = {**params, "page_limit": limit + 1}
+    statement = statements.first
+    if cursor:
+        params["after_created_at"], params["after_id"] = decode_cursor(cursor)
+        statement = statements.after
+    result = session.execute(statement, params)
+    items: list[Any] = list(result.all() if rows else result.scalars())
+    next_cursor = None
+    if len(items) > limit:
+        items = items[:limit]
+        last = items[-1]
+        next_cursor = encode_cursor(last.created_at, last.id)
+    return PageResult(items=items, next_cursor=next_cursor)
+
+
 def paginate(
     session: Session,
     statement: Select[Any],
@@ -52,22 +101,9 @@ def paginate(
     *,
     limit: int,
     cursor: str | None,
-    rows: bool = False,
 ) -> PageResult[Any]:
     """One page of `statement` (already tenant-filtered), newest first, plus the next cursor.
 
-    `rows`: the statement selects columns (`scoped_rows`), so the page holds rows, not objects.
+    Built per request; a list that is read often prebuilds its `page_statements` instead.
     """
-    if cursor:
-        created_at, row_id = decode_cursor(cursor)
-        statement = statement.where(tuple_(model.created_at, model.id) < tuple_(created_at, row_id))
-    statement = statement.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
-    items: list[Any] = list(
-        session.execute(statement).all() if rows else session.scalars(statement)
-    )
-    next_cursor = None
-    if len(items) > limit:
-        items = items[:limit]
-        last = items[-1]
-        next_cursor = encode_cursor(last.created_at, last.id)
-    return PageResult(items=items, next_cursor=next_cursor)
+    return run_page(session, page_statements(statement, model), {}, limit=limit, cursor=cursor)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.orm import Session
 
+from app.config.database import prepared
 from app.errors import NotFound
 from app.models.tenant import Tenant
 
@@ -68,14 +69,6 @@ def scoped(model: type[M], scope: TenantScope) -> Select[M]:
     return select(model).where(tenant_filter(model, scope))
 
 
-def scoped_rows(model: Any, scope: TenantScope) -> Select[*tuple[Any, ...]]:
-    """`scoped()` returning plain rows of every column instead of ORM objects.
-
-    For read-only pages: building identity-mapped objects cost more Python time than the query.
-    """
-    return select(*model.__table__.c).where(tenant_filter(model, scope))
-
-
 SCOPE_PARAM = "scope_tenant_id"
 
 
@@ -104,7 +97,7 @@ def get_scoped(
 ) -> M:
     """The row `row_id` of the scope's tenant, or NotFound (also for another tenant's row)."""
     row = session.scalars(
-        scoped(model, scope).where(model.id == row_id)  # type: ignore[attr-defined]
+        prepared(scoped(model, scope).where(model.id == row_id))  # type: ignore[attr-defined]
     ).one_or_none()
     if row is None:
         raise NotFound(f"{what} not found.")
@@ -115,9 +108,11 @@ def get_scoped_for_update(
     session: Session, model: type[M], scope: TenantScope, row_id: uuid.UUID, *, what: str
 ) -> M:
     row = session.scalars(
-        scoped(model, scope)
-        .where(model.id == row_id)  # type: ignore[attr-defined]
-        .with_for_update()
+        prepared(
+            scoped(model, scope)
+            .where(model.id == row_id)  # type: ignore[attr-defined]
+            .with_for_update()
+        )
     ).one_or_none()
     if row is None:
         raise NotFound(f"{what} not found.")
@@ -136,6 +131,6 @@ def lock_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant | None:
     return session.scalars(_LOCK_TENANT, {"tenant_id": tenant_id}).one_or_none()
 
 
-_LOCK_TENANT = (
+_LOCK_TENANT = prepared(
     select(Tenant).where(Tenant.id == bindparam("tenant_id")).with_for_update(key_share=True)
 )

@@ -397,7 +397,8 @@ _USAGE = cast(Table, UsageRecord.__table__)
 _INSERT_USAGE = prepared(
     pg_insert(_USAGE).on_conflict_do_nothing(index_elements=[_USAGE.c.tenant_id, _USAGE.c.call_id])
 )
-_TURNS_OF_CALL = prepared(
+# A call's transcript in order (run with `scope_params(tenant, call_id=...)`).
+TURNS_OF_CALL = prepared(
     scoped_template(CallTurn).where(CallTurn.call_id == bindparam("call_id")).order_by(CallTurn.seq)
 )
 
@@ -567,6 +568,6 @@ class TelephonyService:
             },
         )
         turns = list(
-            self.session.scalars(_TURNS_OF_CALL, scope_params(call.tenant_id, call_id=call.id))
+            self.session.scalars(TURNS_OF_CALL, scope_params(call.tenant_id, call_id=call.id))
         )
         events.emit_event(self.session, call.tenant_id, "call.ended", call_ended_data(call, turns))

@@ -153,7 +153,8 @@ def test_detail_costs_one_query_for_the_call_and_one_for_its_turns(
     statements: list[str] = []
 
     def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        statements.append(statement)
+        # The SQL as compiled: a prepared statement is sent as EXECUTE by then.
+        statements.append(context.statement if context is not None else statement)
 
     engine = get_engine()
     event.listen(engine, "before_cursor_execute", record)
