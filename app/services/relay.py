@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,6 +53,28 @@ class AgentProfile:
     max_tokens: int
     max_call_duration_seconds: int
     transfer_number: str | None
+
+
+@dataclass(frozen=True)
+class NewTurn:
+    """An utterance to add to the transcript at position `seq`."""
+
+    seq: int
+    role: str
+    text: str
+    interrupted: bool = False
+    latency_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class HeardTurn:
+    """The caller interrupted agent turn `seq`, which is kept as `text`: what they heard."""
+
+    seq: int
+    text: str
+
+
+TranscriptChange = NewTurn | HeardTurn
 
 
 @dataclass
@@ -143,7 +165,7 @@ class RelayService:
         ]
         next_seq = (turns[-1].seq + 1) if turns else 1
         if not turns and profile.greeting and profile.greeting.strip():
-            self._add_turn(call.id, next_seq, "agent", profile.greeting, False, None)
+            self.apply(call.id, [NewTurn(next_seq, "agent", profile.greeting)])
             history.append(ConversationEntry(role="agent", text=profile.greeting, seq=next_seq))
             next_seq += 1
         return BoundCall(
@@ -157,40 +179,25 @@ class RelayService:
             resumed=resumed,
         )
 
-    def _add_turn(
-        self,
-        call_id: uuid.UUID,
-        seq: int,
-        role: str,
-        text: str,
-        interrupted: bool,
-        latency_ms: int | None,
-    ) -> None:
-        self.session.add(
-            CallTurn(
-                tenant_id=self.scope.tenant_id,
-                call_id=call_id,
-                seq=seq,
-                role=role,
-                text=text,
-                interrupted=interrupted,
-                latency_ms=latency_ms,
-            )
-        )
+    def apply(self, call_id: uuid.UUID, changes: Sequence[TranscriptChange]) -> None:
+        """Apply transcript changes in order; new turns go to the database in one statement."""
+        for change in changes:
+            if isinstance(change, NewTurn):
+                self.session.add(
+                    CallTurn(
+                        tenant_id=self.scope.tenant_id,
+                        call_id=call_id,
+                        seq=change.seq,
+                        role=change.role,
+                        text=change.text,
+                        interrupted=change.interrupted,
+                        latency_ms=change.latency_ms,
+                    )
+                )
+            else:
+                self.session.flush()  # the turn may have been added just before
+                self.truncate_turn(call_id, seq=change.seq, text=change.text)
         self.session.flush()
-
-    def add_turn(
-        self,
-        call_id: uuid.UUID,
-        *,
-        seq: int,
-        role: str,
-        text: str,
-        interrupted: bool = False,
-        latency_ms: int | None = None,
-    ) -> None:
-        """Store one utterance of the call's transcript at position `seq` (unique per call)."""
-        self._add_turn(call_id, seq, role, text, interrupted, latency_ms)
 
     def truncate_turn(self, call_id: uuid.UUID, *, seq: int, text: str) -> None:
         """Record that the caller interrupted turn `seq`: keep only `text`, what they heard."""
@@ -275,27 +282,12 @@ def bind_call(call_id: uuid.UUID, call_sid: str) -> BoundCall:
         return RelayService(session, scope).bind(call_id, call_sid)
 
 
-def store_turn(
-    scope: TenantScope,
-    call_id: uuid.UUID,
-    *,
-    seq: int,
-    role: str,
-    text: str,
-    interrupted: bool = False,
-    latency_ms: int | None = None,
+def store_transcript(
+    scope: TenantScope, call_id: uuid.UUID, changes: Sequence[TranscriptChange]
 ) -> None:
-    """Store one transcript turn in its own transaction."""
+    """Apply transcript changes, in order, in one transaction of their own."""
     with tenant_session(scope.tenant_id) as session:
-        RelayService(session, scope).add_turn(
-            call_id, seq=seq, role=role, text=text, interrupted=interrupted, latency_ms=latency_ms
-        )
-
-
-def truncate_turn(scope: TenantScope, call_id: uuid.UUID, *, seq: int, text: str) -> None:
-    """Mark a stored agent turn interrupted, keeping only what was heard."""
-    with tenant_session(scope.tenant_id) as session:
-        RelayService(session, scope).truncate_turn(call_id, seq=seq, text=text)
+        RelayService(session, scope).apply(call_id, changes)
 
 
 def store_summary(scope: TenantScope, call_id: uuid.UUID, summary: str) -> None:

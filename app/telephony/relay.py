@@ -9,8 +9,8 @@ coroutine, the LLM client getter, the database operations, a way to run them off
 loop), so the WebSocket route stays thin and the logic is testable.
 
 Latency is the design constraint: the LLM stream runs as its own task so an `interrupt` cancels
-it at once; database writes go through one per-session queue worker in the threadpool, so the
-event loop never waits on PostgreSQL and the transcript is written in order.
+it at once; transcript changes go through one per-session queue, written in the threadpool
+between answers, so the event loop never waits on PostgreSQL and the transcript is in order.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar, cast
@@ -41,7 +41,14 @@ from app.llm.agent import (
 from app.llm.client import LLMClient, LLMError, LLMEvent, TextDelta, ToolCall
 from app.models.base import utcnow
 from app.services import relay as relay_store
-from app.services.relay import AgentProfile, BoundCall, RelayBindError
+from app.services.relay import (
+    AgentProfile,
+    BoundCall,
+    HeardTurn,
+    NewTurn,
+    RelayBindError,
+    TranscriptChange,
+)
 from app.services.scope import TenantScope
 from app.telephony.signature import is_valid_twilio_signature, websocket_url
 
@@ -69,7 +76,7 @@ TIME_LIMIT_GOODBYE = (
 # Keypad presses arrive one frame per key; waiting this long after the last one lets a caller
 # type a whole number before the model answers once.
 DTMF_SETTLE_SECONDS = 0.7
-# How long transcript writes wait for an answer's first token before going ahead anyway.
+# How long transcript writes wait for an answer to be over before going ahead anyway.
 QUIET_WAIT_SECONDS = 2.0
 _DTMF_KEYS = frozenset("0123456789*#ABCDabcd")
 
@@ -118,20 +125,8 @@ class RelayStore(Protocol):
 
     def bind_call(self, call_id: uuid.UUID, call_sid: str) -> BoundCall: ...
 
-    def store_turn(
-        self,
-        scope: TenantScope,
-        call_id: uuid.UUID,
-        *,
-        seq: int,
-        role: str,
-        text: str,
-        interrupted: bool = False,
-        latency_ms: int | None = None,
-    ) -> None: ...
-
-    def truncate_turn(
-        self, scope: TenantScope, call_id: uuid.UUID, *, seq: int, text: str
+    def store_transcript(
+        self, scope: TenantScope, call_id: uuid.UUID, changes: Sequence[TranscriptChange]
     ) -> None: ...
 
     def store_summary(self, scope: TenantScope, call_id: uuid.UUID, summary: str) -> None: ...
@@ -194,9 +189,9 @@ class RelaySession:
         self._digits: list[str] = []
         self._dtmf_task: asyncio.Task[None] | None = None
         self._duration_task: asyncio.Task[None] | None = None
-        self._writes: asyncio.Queue[Callable[[], None]] = asyncio.Queue()
+        self._writes: asyncio.Queue[TranscriptChange] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        # Clear while an answer waits for its first token: transcript writes (threads holding the
+        # Clear while an answer is being produced: transcript writes (threads holding the
         # interpreter lock in bursts) wait, so they never stand between the LLM and the caller.
         self._quiet = asyncio.Event()
         self._quiet.set()
@@ -319,7 +314,7 @@ class RelaySession:
         self._next_seq = bound.next_seq
         agent_turns = [entry for entry in self.history if entry.role == "agent"]
         self._last_agent = agent_turns[-1] if agent_turns else None
-        self._writer = asyncio.create_task(self._write_loop())
+        self._writer = asyncio.create_task(self._write_loop(bound))
         elapsed = (utcnow() - bound.answered_at).total_seconds()
         remaining = duration_limit(bound.profile.max_call_duration_seconds) - max(0.0, elapsed)
         self._duration_task = asyncio.create_task(self._enforce_duration(remaining))
@@ -403,16 +398,8 @@ class RelaySession:
             entry = self._last_agent
             entry.text = entry.text if heard is None else heard
             entry.interrupted = True
-            if entry.seq is not None and self.call is not None:
-                self._write(
-                    partial(
-                        self._store.truncate_turn,
-                        self.call.scope,
-                        self.call.call_id,
-                        seq=entry.seq,
-                        text=entry.text,
-                    )
-                )
+            if entry.seq is not None:
+                self._write(HeardTurn(seq=entry.seq, text=entry.text))
         logger.info(
             "caller interrupted the agent",
             extra={
@@ -503,8 +490,6 @@ class RelaySession:
         await self._send({"type": "text", "token": text, "last": last})
         if turn.latency_ms is None and (text or last):
             turn.latency_ms = round((time.perf_counter() - turn.received_at) * 1000)
-            if self._turn is turn:
-                self._quiet.set()
         if text:
             turn.parts.append(text)
 
@@ -569,35 +554,43 @@ class RelaySession:
         self.history.append(entry)
         if entry.role == "agent":
             self._last_agent = entry
-        if self.call is not None:
-            self._write(
-                partial(
-                    self._store.store_turn,
-                    self.call.scope,
-                    self.call.call_id,
-                    seq=entry.seq,
-                    role=entry.role,
-                    text=entry.text,
-                    interrupted=entry.interrupted,
-                    latency_ms=latency_ms,
-                )
+        self._write(
+            NewTurn(
+                seq=entry.seq,
+                role=entry.role,
+                text=entry.text,
+                interrupted=entry.interrupted,
+                latency_ms=latency_ms,
             )
+        )
 
-    def _write(self, operation: Callable[[], None]) -> None:
-        self._writes.put_nowait(operation)
+    def _write(self, change: TranscriptChange) -> None:
+        if self.call is not None:
+            self._writes.put_nowait(change)
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self, call: BoundCall) -> None:
+        """Store the transcript in order, in one transaction per quiet moment.
+
+        Waits (bounded: an LLM that never answers must not hold the transcript back) until no
+        answer is being produced, then writes everything queued so far together: a turn's
+        caller and agent rows cost one trip to a thread and one transaction, and neither runs
+        while an answer is on its way to the caller.
+        """
         while True:
-            operation = await self._writes.get()
-            # Bounded: an LLM that never answers must not hold the transcript back.
+            batch = [await self._writes.get()]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._quiet.wait(), QUIET_WAIT_SECONDS)
+            while not self._writes.empty():
+                batch.append(self._writes.get_nowait())
             try:
-                await self._run_sync(operation)
+                await self._run_sync(
+                    partial(self._store.store_transcript, call.scope, call.call_id, batch)
+                )
             except Exception:
-                logger.exception("could not store a transcript change", extra=self.log_context)
+                logger.exception("could not store transcript changes", extra=self.log_context)
             finally:
-                self._writes.task_done()
+                for _ in batch:
+                    self._writes.task_done()
 
     async def _summarize(self) -> None:
         """Store a short summary of a call in which the caller said something (LLM permitting)."""

@@ -17,7 +17,9 @@ import pytest
 from app.config.database import tenant_session
 from app.llm.agent import MAX_HISTORY_MESSAGES, ConversationEntry, build_messages
 from app.llm.client import LLMClient
-from app.models import CallTurn
+from app.models import CallTurn, Tenant
+from app.services.relay import HeardTurn, NewTurn, store_transcript
+from app.services.telephony import telephony_scope
 from app.telephony.relay import APOLOGY, RelaySession
 from tests.fakes.fake_llm import FakeLLM, Script
 from tests.helpers import RingingCall, TenantFixture, create_ringing_call
@@ -198,17 +200,15 @@ class TimedStore:
         from app.services import relay as real
 
         self._real = real
-        self.turn_writes: list[tuple[float, str]] = []
+        self.writes: list[tuple[float, list[str]]] = []  # (started at, roles of new turns)
 
     def bind_call(self, call_id: Any, call_sid: str) -> Any:
         return self._real.bind_call(call_id, call_sid)
 
-    def store_turn(self, scope: Any, call_id: Any, **fields: Any) -> None:
-        self.turn_writes.append((time.perf_counter(), fields["role"]))
-        self._real.store_turn(scope, call_id, **fields)
-
-    def truncate_turn(self, scope: Any, call_id: Any, **fields: Any) -> None:
-        self._real.truncate_turn(scope, call_id, **fields)
+    def store_transcript(self, scope: Any, call_id: Any, changes: Any) -> None:
+        roles = [change.role for change in changes if isinstance(change, NewTurn)]
+        self.writes.append((time.perf_counter(), roles))
+        self._real.store_transcript(scope, call_id, changes)
 
     def store_summary(self, scope: Any, call_id: Any, summary: str) -> None:
         self._real.store_summary(scope, call_id, summary)
@@ -221,7 +221,7 @@ def _first_text_at(harness: Harness, sent_at: list[float]) -> float:
 
 
 @pytest.mark.parametrize("quiet_wait", [None, 0.05])
-def test_transcript_writes_wait_for_the_first_token_but_not_forever(
+def test_transcript_writes_wait_for_the_answer_but_not_forever(
     llm: FakeLLM, tenant: TenantFixture, monkeypatch: pytest.MonkeyPatch, quiet_wait: float | None
 ) -> None:
     import app.telephony.relay as relay_module
@@ -250,11 +250,37 @@ def test_transcript_writes_wait_for_the_first_token_but_not_forever(
 
     harness = asyncio.run(scenario())
     first_text = _first_text_at(harness, sent_at)
-    caller_write = next(at for at, role in store.turn_writes if role == "caller")
+    caller_write = next(at for at, roles in store.writes if "caller" in roles)
     if quiet_wait is None:
-        # The caller's turn is stored after the answer's first token went out, not during the wait.
-        assert caller_write > first_text
+        # Nothing is written while the answer is produced; then the turn's two rows go together.
+        assert caller_write > sent_at[-1]
+        assert [roles for _, roles in store.writes] == [["caller", "agent"]]
     else:
         # An answer slower than the bound does not hold the transcript back.
         assert caller_write < first_text
     assert turns(call) == [("caller", "Can you help?", False), ("agent", "Sure.", False)]
+
+
+def test_one_write_applies_new_turns_and_an_interruption_of_one_of_them_in_order(
+    tenant: TenantFixture,
+) -> None:
+    call = create_ringing_call(tenant.id, greeting=None)
+    with tenant_session(tenant.id) as session:
+        owner = session.get(Tenant, tenant.id)
+        assert owner is not None
+        scope = telephony_scope(owner)
+    store_transcript(
+        scope,
+        call.call_id,
+        [
+            NewTurn(seq=1, role="caller", text="What time do you open?"),
+            NewTurn(seq=2, role="agent", text="We open at nine, and close at six.", latency_ms=420),
+            HeardTurn(seq=2, text="We open at nine"),
+            NewTurn(seq=3, role="caller", text="Thanks."),
+        ],
+    )
+    assert turns(call) == [
+        ("caller", "What time do you open?", False),
+        ("agent", "We open at nine", True),
+        ("caller", "Thanks.", False),
+    ]
