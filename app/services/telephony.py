@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -348,15 +350,32 @@ def resolve_ai_profile(
 
 def relay_twiml(call_id: uuid.UUID, profile: AIProfile | AnsweringProfile) -> str:
     """The ConversationRelay TwiML that connects `call` to our WebSocket with `profile`'s voice."""
-    base = settings.PUBLIC_BASE_URL or ""
-    return twiml.conversation_relay(
+    before, after = _relay_twiml_around_call_id(
+        settings.PUBLIC_BASE_URL or "", profile.greeting or None, profile.language, profile.voice
+    )
+    return before + str(call_id) + after  # a UUID's text needs no XML escaping
+
+
+# Where the call id goes: random, so no profile text can contain it.
+_CALL_ID_SLOT = "call-id-" + secrets.token_hex(16)
+
+
+@lru_cache(maxsize=1024)
+def _relay_twiml_around_call_id(
+    base: str, greeting: str | None, language: str, voice: str | None
+) -> tuple[str, str]:
+    """A profile's ConversationRelay TwiML, built once (by `twiml.conversation_relay`, which
+    escapes it) and split where the call's id goes: every admitted call answers with it."""
+    document = twiml.conversation_relay(
         ws_url=websocket_url(base, RELAY_PATH),
-        welcome_greeting=profile.greeting or None,
-        language=profile.language,
-        voice=profile.voice or None,
-        parameters={"call_id": str(call_id)},
+        welcome_greeting=greeting,
+        language=language,
+        voice=voice or None,
+        parameters={"call_id": _CALL_ID_SLOT},
         action_url=public_url(base, RELAY_ACTION_PATH, ""),
     )
+    before, after = document.split(_CALL_ID_SLOT)
+    return before, after
 
 
 def call_ended_data(call: Call, turns: list[CallTurn]) -> dict[str, Any]:

@@ -370,3 +370,38 @@ def test_api_base_url_with_path_prefix_and_default() -> None:
     assert rest.api_base_url == "http://127.0.0.1:9/twilio"
     with pytest.raises(ValueError):
         TwilioRest(account_sid="", auth_token=TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("greeting", "voice"),
+    [
+        ('Hi "there" <Hangup/> & welcome\x00 to ACME\'s line', "Polly.Joanna"),
+        (None, None),
+        ("", ""),
+    ],
+)
+def test_a_calls_relay_twiml_is_the_profiles_document_with_its_id(
+    greeting: str | None, voice: str | None
+) -> None:
+    """Built once per profile and reused: the same document as building it for each call."""
+    import uuid
+
+    from app.config.settings import settings
+    from app.services.telephony import (
+        RELAY_ACTION_PATH,
+        RELAY_PATH,
+        AnsweringProfile,
+        relay_twiml,
+    )
+
+    profile = AnsweringProfile(uuid.uuid4(), greeting, "en-GB", voice)
+    base = settings.PUBLIC_BASE_URL or ""
+    for call_id in (uuid.uuid4(), uuid.uuid4()):
+        assert relay_twiml(call_id, profile) == twiml.conversation_relay(
+            ws_url=websocket_url(base, RELAY_PATH),
+            welcome_greeting=greeting or None,
+            language="en-GB",
+            voice=voice or None,
+            parameters={"call_id": str(call_id)},
+            action_url=public_url(base, RELAY_ACTION_PATH, ""),
+        )
