@@ -97,6 +97,7 @@ def _run_prepared(
         or context is None
         or not context.execution_options.get(_PREPARED_OPTION)
         or not isinstance(parameters, dict)
+        or getattr(cursor, "name", None)  # a server-side cursor: DECLARE cannot take EXECUTE
     ):
         return statement, parameters
     plan = _translate(statement)

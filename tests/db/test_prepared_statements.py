@@ -105,3 +105,11 @@ def test_the_app_engine_prepares_the_hot_statements(client: Any, tenant: Any) ->
         with get_engine().connect() as conn:
             statements += [definition for definition, _ in _prepared_on(conn)]
     assert any("authenticate_api_key" in s for s in statements), statements
+
+
+def test_a_server_side_cursor_runs_the_statement_as_it_is(engine: Engine) -> None:
+    statement = prepared(text("SELECT g FROM generate_series(1, CAST(:n AS int)) AS g"))
+    with engine.connect() as conn:
+        streamed = conn.execution_options(stream_results=True).execute(statement, {"n": 3})
+        assert [row.g for row in streamed] == [1, 2, 3]
+        assert _prepared_on(conn) == []
