@@ -58,8 +58,7 @@ def list_calls(
         started_before=started_before,
     )
     page = CallService(session, scope).list(filters, limit=limit, cursor=cursor)
-    # From plain dicts: pydantic reads them twice as fast as a row's attributes.
-    items = [CallOut.model_validate(row._asdict()) for row in page.items]
+    items = [CallOut.model_validate(row) for row in page.items]
     return Page(items=items, next_cursor=page.next_cursor)
 
 

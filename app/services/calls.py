@@ -136,7 +136,7 @@ class CallService:
         self.scope = scope
 
     def list(self, filters: CallFilters, *, limit: int, cursor: str | None) -> PageResult[Any]:
-        """One page of the tenant's calls (rows with every column of `calls`) matching every
+        """One page of the tenant's calls (a dict of every column of `calls` each) matching every
         given filter, newest first."""
         given = {name: getattr(filters, name) for name in _FILTERS}
         given = {name: value for name, value in given.items() if value is not None}
@@ -149,7 +149,7 @@ class CallService:
             scope_params(self.scope, **given),
             limit=limit,
             cursor=cursor,
-            rows=True,
+            as_dicts=True,
         )
 
     def get(self, call_id: uuid.UUID) -> tuple[Call, Sequence[CallTurn]]:
