@@ -1,6 +1,8 @@
-"""The machine's ceiling, served exactly like the API: a no-op endpoint and a one-SELECT endpoint
-through the same engine settings (pool, prepared statements, tenant context in a transaction) and
-the same route class (one worker-thread trip per request, as every API route makes)."""
+"""The machine's ceiling, served exactly like the API: a no-op endpoint, a one-SELECT endpoint and
+a one-INSERT endpoint through the same engine settings (pool, prepared statements, tenant context
+in a transaction) and the same route class (one worker-thread trip per request, as every API route
+makes). The INSERT (one row, committed) is the reference for webhooks that write: a read cannot
+show what a commit and its WAL flush cost."""
 
 from __future__ import annotations
 
@@ -12,9 +14,17 @@ from sqlalchemy import text
 
 from app.api.deps import TransactionalRoute
 from app.config.database import prepared, tenant_session
+from app.models.base import new_id
 
 TENANT_ID = uuid.UUID(os.environ["BENCH_CEILING_TENANT_ID"])
 _SELECT = prepared(text("SELECT id, name FROM tenants WHERE id = :id"))
+# A test event (no deliveries): the bench's reset removes them with the rest of webhook_events.
+_INSERT = prepared(
+    text(
+        "INSERT INTO webhook_events (id, tenant_id, event_type, payload)"
+        " VALUES (:id, :tenant_id, 'webhook.test', CAST('{}' AS jsonb))"
+    )
+)
 
 router = APIRouter(route_class=TransactionalRoute)
 
@@ -29,6 +39,14 @@ def select_one() -> dict[str, str]:
     with tenant_session(TENANT_ID) as session:
         row = session.execute(_SELECT, {"id": TENANT_ID}).one()
     return {"id": str(row.id), "name": row.name}
+
+
+@router.post("/insert")
+def insert_one() -> dict[str, str]:
+    event_id = new_id()
+    with tenant_session(TENANT_ID) as session:
+        session.execute(_INSERT, {"id": event_id, "tenant_id": TENANT_ID})
+    return {"id": str(event_id)}
 
 
 app = FastAPI()

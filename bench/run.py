@@ -226,6 +226,20 @@ def main() -> int:
             print("Ceilings:", flush=True)
             load("ceiling_noop", ceiling, "/noop")
             load("ceiling_select", ceiling, "/select")
+            # The posts carry nothing the endpoint reads; the same helper as the signed webhooks.
+            result = run_signed_posts(
+                wrk,
+                "ceiling_insert",
+                ceiling + "/insert",
+                [("-", "n=1")] * 600,
+                connections=args.connections,
+                seconds=profile.seconds,
+            )
+            print(
+                f"  ceiling_insert: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms",
+                flush=True,
+            )
+            results.append(result)
 
     with ExitStack() as stack:
         from bench.phases import RemoteFakeLLM
@@ -446,6 +460,7 @@ def report(
 ) -> None:
     by_name = {r.name: r for r in results}
     noop, select = by_name["ceiling_noop"], by_name["ceiling_select"]
+    insert = by_name["ceiling_insert"]
     rows = []
     for result in results:
         ceiling = noop if result.name == "ceiling_noop" else select
@@ -455,17 +470,20 @@ def report(
                 "rps_vs_select_ceiling": ratio(result.rps, select.rps),
                 "p99_vs_select_ceiling": ratio(result.p99_ms, select.p99_ms),
                 "rps_vs_noop_ceiling": ratio(result.rps, noop.rps),
+                "rps_vs_insert_ceiling": ratio(result.rps, insert.rps),
                 "ceiling": ceiling.name,
             }
         )
     print()
     print(
-        f"{'endpoint':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'rps/select':>11} {'p99/select':>11} {'errors':>7}"
+        f"{'endpoint':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'rps/select':>11} {'p99/select':>11} "
+        f"{'rps/insert':>11} {'errors':>7}"
     )
     for row in rows:
         print(
             f"{row['name']:34} {row['rps']:9,.0f} {row['p50_ms']:8.2f} {row['p99_ms']:8.2f} "
-            f"{row['rps_vs_select_ceiling']:11.2f} {row['p99_vs_select_ceiling']:11.2f} {row['errors']:7d}"
+            f"{row['rps_vs_select_ceiling']:11.2f} {row['p99_vs_select_ceiling']:11.2f} "
+            f"{row['rps_vs_insert_ceiling']:11.2f} {row['errors']:7d}"
         )
     deep = by_name.get(f"calls_page_{profile.deep_page}")
     first = by_name.get("calls_page_1")
