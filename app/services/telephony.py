@@ -62,8 +62,6 @@ STATUS_PATH = "/telephony/twilio/status"
 # The answer to a callback that needs no instructions.
 EMPTY_TWIML = str(VoiceResponse())
 
-# Calls that occupy a line: they count against the plan's concurrent-call limit.
-ACTIVE_STATUSES = (*RINGING_STATUSES, TALKING_STATUS)
 TERMINAL_STATUSES = frozenset({"completed", "busy", "no_answer", "failed", "canceled", "rejected"})
 # A call only moves forward: queued < ringing < in_progress < any terminal status.
 _RANK = {"queued": 0, "ringing": 1, "in_progress": 2}
