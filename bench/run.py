@@ -205,15 +205,27 @@ def main() -> int:
     results: list[LoadResult] = []
     extra: dict[str, Any] = {}
 
-    def load(name: str, base: str, path: str) -> None:
-        result = run_get(
-            wrk, name, base + path, auth, connections=args.connections, seconds=profile.seconds
-        )
+    def record(result: LoadResult, note: str = "") -> None:
         print(
-            f"  {name}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms",
+            f"  {result.name}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
+            f"p99 {result.p99_ms:.2f} ms{note}",
             flush=True,
         )
         results.append(result)
+
+    def load(name: str, base: str, path: str) -> None:
+        record(
+            run_get(
+                wrk, name, base + path, auth, connections=args.connections, seconds=profile.seconds
+            )
+        )
+
+    def post(name: str, url: str, requests: list[tuple[str, str]], note: str = "") -> None:
+        """POST form bodies (signature, body), each used once per pass."""
+        result = run_signed_posts(
+            wrk, name, url, requests, connections=args.connections, seconds=profile.seconds
+        )
+        record(result, note)
 
     settle(server)
     if not args.skip_http:
@@ -226,20 +238,8 @@ def main() -> int:
             print("Ceilings:", flush=True)
             load("ceiling_noop", ceiling, "/noop")
             load("ceiling_select", ceiling, "/select")
-            # The posts carry nothing the endpoint reads; the same helper as the signed webhooks.
-            result = run_signed_posts(
-                wrk,
-                "ceiling_insert",
-                ceiling + "/insert",
-                [("-", "n=1")] * 600,
-                connections=args.connections,
-                seconds=profile.seconds,
-            )
-            print(
-                f"  ceiling_insert: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms",
-                flush=True,
-            )
-            results.append(result)
+            # The bodies carry nothing the endpoint reads.
+            post("ceiling_insert", ceiling + "/insert", [("-", "n=1")] * 600)
 
     with ExitStack() as stack:
         from bench.phases import RemoteFakeLLM
@@ -257,35 +257,15 @@ def main() -> int:
         if not args.skip_http:
             print("API:", flush=True)
             voice = signed_voice_requests(env, fixtures, count=int(3000 * profile.seconds))
-            result = run_signed_posts(
-                wrk,
-                "voice_webhook",
-                base + "/telephony/twilio/voice",
-                voice,
-                connections=args.connections,
-                seconds=profile.seconds,
-            )
-            print(
-                f"  voice_webhook: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms",
-                flush=True,
-            )
-            results.append(result)
+            post("voice_webhook", base + "/telephony/twilio/voice", voice)
             settle(server)
             statuses = signed_status_requests(env, owner)
-            result = run_signed_posts(
-                wrk,
+            post(
                 "status_callback",
                 base + "/telephony/twilio/status",
                 statuses,
-                connections=args.connections,
-                seconds=profile.seconds,
-            )
-            print(
-                f"  status_callback: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms"
                 f" ({len(statuses):,} distinct calls)",
-                flush=True,
             )
-            results.append(result)
             settle(server)
             load("calls_page_1", base, f"{tenant}/calls?limit=20")
             load(
