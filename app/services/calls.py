@@ -138,11 +138,11 @@ class CallService:
     def list(self, filters: CallFilters, *, limit: int, cursor: str | None) -> PageResult[Any]:
         """One page of the tenant's calls (a dict of every column of `calls` each) matching every
         given filter, newest first."""
-        given = {name: getattr(filters, name) for name in _FILTERS}
-        given = {name: value for name, value in given.items() if value is not None}
-        for name in ("started_after", "started_before"):
-            if name in given:
-                given[name] = _utc(given[name])
+        given = {
+            name: _utc(value) if isinstance(value, datetime) else value
+            for name in _FILTERS
+            if (value := getattr(filters, name)) is not None
+        }
         return run_page(
             self.session,
             _call_pages(tuple(given)),

@@ -25,8 +25,8 @@ from app.models import AIProfile, Call, CallTurn, Tenant
 from app.models.base import new_id, utcnow
 from app.schemas.calls import CallOut
 from app.services.events import emit_event
-from app.services.scope import TenantScope, get_scoped, scoped
-from app.services.telephony import bind_call_sid, telephony_scope
+from app.services.scope import TenantScope, get_scoped, scope_params, scoped
+from app.services.telephony import TURNS_OF_CALL, bind_call_sid, telephony_scope
 from app.telephony import twiml
 
 logger = logging.getLogger("vca.relay")
@@ -138,9 +138,7 @@ class RelayService:
             transfer_number=profile_row.transfer_number,
         )
 
-        turns = self.session.scalars(
-            scoped(CallTurn, self.scope).where(CallTurn.call_id == call.id).order_by(CallTurn.seq)
-        ).all()
+        turns = self.session.scalars(TURNS_OF_CALL, scope_params(self.scope, call_id=call.id)).all()
         # A status callback may have marked the call answered before Twilio opened the socket
         # (outbound calls): the first session is recognised by an empty transcript instead.
         resumed = call.status == "in_progress" and bool(turns)
