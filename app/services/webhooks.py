@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, func, text, update
+from sqlalchemy import Row, Table, TextClause, func, text, update
 from sqlalchemy.orm import Session
 
+from app.config.database import prepared
 from app.config.settings import settings
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint, WebhookEvent
@@ -306,27 +307,55 @@ class DeliveryOutcome:
 
 # SKIP LOCKED lets concurrent workers take disjoint rows; the row locks last only for this
 # statement's transaction, after which status='delivering' plus the lease keeps others away.
+#
+# Every step is an index lookup whatever the statistics say. Written as a join of the picked rows
+# with endpoints and events, the planner chose by its row estimates, and when they favoured hash
+# joins each claim read all of webhook_deliveries and webhook_events: 20-70 ms a claim at 40,000
+# events, half the worker's throughput, in about half of the benchmark's runs. The picked ids are
+# an array matched on the primary key, and the endpoint and the event are LATERAL lookups (LIMIT
+# 1 keeps each one a per-row index probe instead of a join the planner may turn around).
 _CLAIM_SQL = """
-WITH picked AS (
-    SELECT id FROM webhook_deliveries
-    WHERE {condition} {tenant_filter}
-    ORDER BY {order}
-    LIMIT :limit
-    FOR UPDATE SKIP LOCKED
+WITH claimed AS (
+    UPDATE webhook_deliveries AS d
+    SET status = 'delivering', lease_expires_at = :lease_expires_at, updated_at = now()
+    WHERE d.id = ANY (ARRAY(
+        SELECT id FROM webhook_deliveries
+        WHERE {condition} {tenant_filter}
+        ORDER BY {order}
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING d.id, d.tenant_id, d.endpoint_id, d.event_id, d.attempt_count
 )
-UPDATE webhook_deliveries AS d
-SET status = 'delivering', lease_expires_at = :lease_expires_at, updated_at = now()
-FROM picked, webhook_endpoints AS e, webhook_events AS ev
-WHERE d.id = picked.id
-  AND e.tenant_id = d.tenant_id AND e.id = d.endpoint_id
-  AND ev.tenant_id = d.tenant_id AND ev.id = d.event_id
-RETURNING d.id, d.tenant_id, d.endpoint_id, d.attempt_count, e.url, e.enabled, e.secret,
-          e.previous_secret, e.previous_secret_expires_at, ev.payload
+SELECT c.id, c.tenant_id, c.endpoint_id, c.attempt_count, e.url, e.enabled, e.secret,
+       e.previous_secret, e.previous_secret_expires_at, ev.payload
+FROM claimed AS c
+CROSS JOIN LATERAL (
+    SELECT url, enabled, secret, previous_secret, previous_secret_expires_at
+    FROM webhook_endpoints WHERE tenant_id = c.tenant_id AND id = c.endpoint_id LIMIT 1
+) AS e
+CROSS JOIN LATERAL (
+    SELECT payload FROM webhook_events WHERE tenant_id = c.tenant_id AND id = c.event_id LIMIT 1
+) AS ev
 """
 # Expired leases first (a crashed worker's deliveries), then due ones, oldest due first: each
 # statement walks its own partial index in order, so a claim costs the same at any backlog.
 _EXPIRED = ("status = 'delivering' AND lease_expires_at <= :now", "lease_expires_at")
 _DUE = ("status IN ('pending', 'failed') AND next_attempt_at <= :now", "next_attempt_at")
+
+
+def _claim_statements(restricted: bool) -> tuple[TextClause, TextClause]:
+    tenant_filter = "AND tenant_id = ANY(:tenant_ids)" if restricted else ""
+    return tuple(  # type: ignore[return-value]
+        prepared(
+            text(_CLAIM_SQL.format(condition=condition, tenant_filter=tenant_filter, order=order))
+        )
+        for condition, order in (_EXPIRED, _DUE)
+    )
+
+
+# (expired, due), for all tenants and for a list of them (tests share one database).
+CLAIM_STATEMENTS = {False: _claim_statements(False), True: _claim_statements(True)}
 
 
 def claim_due_deliveries(
@@ -344,17 +373,13 @@ def claim_due_deliveries(
     while its lease runs. `tenant_ids` restricts the claim (tests share one database).
     """
     claimed: list[ClaimedDelivery] = []
-    tenant_filter = "AND tenant_id = ANY(:tenant_ids)" if tenant_ids is not None else ""
     params: dict[str, Any] = {"now": now, "lease_expires_at": now + lease}
     if tenant_ids is not None:
         params["tenant_ids"] = list(tenant_ids)
-    for condition, order in (_EXPIRED, _DUE):
+    for statement in CLAIM_STATEMENTS[tenant_ids is not None]:
         remaining = limit - len(claimed)
         if remaining <= 0:
             break
-        statement = text(
-            _CLAIM_SQL.format(condition=condition, tenant_filter=tenant_filter, order=order)
-        )
         rows = session.execute(statement, {**params, "limit": remaining}).all()
         claimed.extend(_claimed(row, now=now, lease_expires_at=now + lease) for row in rows)
     return claimed
