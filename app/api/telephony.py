@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from app.api.deps import DbSession, TransactionalRoute
+from app.config.database import single_statement_session
 from app.errors import error_responses
 from app.services.telephony import EMPTY_TWIML, TelephonyService
 from app.telephony.request import InvalidTwilioSignature, TelephonyNotConfigured, TwilioForm
@@ -28,8 +29,10 @@ TWIML_RESPONSE: dict[int | str, dict[str, Any]] = {
     responses={**TWIML_RESPONSE, **error_responses(InvalidTwilioSignature, TelephonyNotConfigured)},
     summary="Twilio voice webhook: route the call by `To` and answer with TwiML",
 )
-def voice_webhook(form: TwilioForm, session: DbSession) -> Response:
-    twiml = TelephonyService(session).answer_voice(form)
+def voice_webhook(form: TwilioForm) -> Response:
+    # One statement (`answer_inbound_call`), so no transaction around it: one round trip.
+    with single_statement_session() as session:
+        twiml = TelephonyService(session).answer_voice(form)
     return Response(content=twiml, media_type=TWIML_MEDIA_TYPE)
 
 

@@ -161,6 +161,21 @@ def tenant_session(tenant_id: uuid.UUID) -> Iterator[Session]:
 
 
 @contextmanager
+def single_statement_session() -> Iterator[Session]:
+    """A session without a surrounding transaction: each statement commits on its own.
+
+    For work that is one statement (a SQL function doing all of it), BEGIN and COMMIT would be
+    two more round trips than the work itself. The connection goes back to the pool in its
+    usual transactional mode.
+    """
+    with (
+        get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as connection,
+        Session(bind=connection, autoflush=False, expire_on_commit=False) as session,
+    ):
+        yield session
+
+
+@contextmanager
 def system_scope(session: Session | None = None) -> Iterator[Session]:
     """A stretch of work allowed to cross tenants.
 

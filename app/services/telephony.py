@@ -7,6 +7,7 @@ a pinned SQL function that also binds the transaction to that tenant for everyth
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import secrets
@@ -17,16 +18,9 @@ from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
-    ColumnElement,
-    ScalarSelect,
-    Select,
     Table,
-    and_,
     bindparam,
     func,
-    literal,
-    literal_column,
-    or_,
     select,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -37,15 +31,13 @@ from app.config.database import prepared
 from app.config.settings import settings
 from app.models import AIProfile, Call, CallTurn, Tenant, UsageRecord
 from app.models.base import new_id, utcnow
-from app.models.call import RINGING_STATUSES, TALKING_STATUS
-from app.plans import get_plan
+from app.plans import PLANS, Plan, get_plan
 from app.schemas.calls import CallOut, CallTurnOut
 from app.services import events
 from app.services.scope import (
     Principal,
     Role,
     TenantScope,
-    scope_param_filter,
     scope_params,
     scoped_template,
 )
@@ -106,73 +98,6 @@ def telephony_scope(tenant: Tenant) -> TenantScope:
     )
 
 
-@dataclass(frozen=True)
-class RoutableNumber:
-    id: uuid.UUID
-    tenant_id: uuid.UUID
-    number: str
-    status: str
-    ai_profile_id: uuid.UUID | None
-
-
-@dataclass(frozen=True)
-class LockedTenant:
-    """A tenant as read under its row lock, held until the transaction ends."""
-
-    id: uuid.UUID
-    status: str
-    plan: str
-
-
-@dataclass(frozen=True)
-class VoiceRoute:
-    """What a voice webhook found: the tenant of a call already known by its CallSid (a retry,
-    or an outbound call being answered), or the dialled number with its tenant, locked when the
-    number is active."""
-
-    known_call_tenant_id: uuid.UUID | None
-    number: RoutableNumber | None
-    tenant: LockedTenant | None
-
-
-_ROUTE_VOICE_ROW = func.route_inbound_call(
-    bindparam("call_sid"), bindparam("to_number")
-).table_valued(
-    "known_tenant_id",
-    "number_id",
-    "tenant_id",
-    "number",
-    "number_status",
-    "ai_profile_id",
-    "tenant_status",
-    "tenant_plan",
-)
-_ROUTE_VOICE = prepared(select(*_ROUTE_VOICE_ROW.c))
-
-
-def route_voice(session: Session, call_sid: str, to_number: str) -> VoiceRoute:
-    """Route a voice webhook in one round trip and bind the transaction to the tenant found.
-
-    The cross-tenant lookups (the CallSid, then `To`) run in the SQL function
-    `route_inbound_call` (migration 0004), which also takes the tenant row lock for an active
-    number: the limit check and the insert that follow are serialized per tenant.
-    """
-    row = session.execute(_ROUTE_VOICE, {"call_sid": call_sid, "to_number": to_number}).one()
-    number = (
-        RoutableNumber(
-            row.number_id, row.tenant_id, row.number, row.number_status, row.ai_profile_id
-        )
-        if row.number_id is not None
-        else None
-    )
-    tenant = (
-        LockedTenant(row.tenant_id, row.tenant_status, row.tenant_plan)
-        if row.tenant_status is not None
-        else None
-    )
-    return VoiceRoute(known_call_tenant_id=row.known_tenant_id, number=number, tenant=tenant)
-
-
 _BIND_CALL_SID = prepared(select(func.bind_call_sid(bindparam("call_sid"))))
 
 
@@ -193,89 +118,67 @@ RING_TIMEOUT = timedelta(minutes=3)
 LONGEST_CALL = timedelta(seconds=14_400) + timedelta(minutes=5)
 
 
-def _status_in(statuses: tuple[str, ...]) -> ColumnElement[bool]:
-    """`status IN ('a', 'b')` with the values in the SQL text: it then matches the partial
-    indexes' predicates as written, and needs no per-execution expansion of a bound list."""
-    return Call.status.in_([literal_column(f"'{status}'") for status in statuses])
+def _plan_limits(plan: Plan) -> dict[str, Any]:
+    return {
+        "max_concurrent_calls": plan.max_concurrent_calls,
+        "included_minutes": plan.included_minutes,
+        "rejects_when_minutes_run_out": plan.rejects_when_minutes_run_out,
+    }
 
 
-def _count(*conditions: ColumnElement[bool]) -> ScalarSelect[int]:
-    return (
-        select(func.count())
-        .select_from(Call)
-        .where(scope_param_filter(Call), *conditions)
-        .scalar_subquery()
+# The plan catalogue as the SQL functions read it (app/plans.py stays its one definition).
+_PLAN_LIMITS_JSON = {plan.name.value: json.dumps(_plan_limits(plan)) for plan in PLANS.values()}
+_ALL_PLAN_LIMITS_JSON = json.dumps({plan.name.value: _plan_limits(plan) for plan in PLANS.values()})
+
+
+def _limit_params(now: datetime) -> dict[str, Any]:
+    return {
+        "ring_cutoff": now - RING_TIMEOUT,
+        "talk_cutoff": now - LONGEST_CALL,
+        "period": billing_period(now),
+    }
+
+
+# The rule itself is the SQL function `call_limit_violation` (migration 0006), which the inbound
+# path runs inside `answer_inbound_call`: one definition for both directions.
+_CALL_LIMIT_VIOLATION = prepared(
+    select(
+        func.call_limit_violation(
+            bindparam("tenant_id"),
+            bindparam("tenant_status"),
+            bindparam("limits"),
+            bindparam("ring_cutoff"),
+            bindparam("talk_cutoff"),
+            bindparam("period"),
+        )
     )
-
-
-# Two counts, each a range scan of its partial index (migration 0005): calls left ringing or
-# talking long ago are outside the range and cost nothing.
-_ACTIVE_CALLS = (
-    _count(_status_in(RINGING_STATUSES), Call.created_at > bindparam("ring_cutoff"))
-    + _count(_status_in((TALKING_STATUS,)), Call.answered_at > bindparam("talk_cutoff"))
-).label("active_calls")
-_MINUTES_USED = (
-    select(func.coalesce(func.sum(UsageRecord.minutes), 0))
-    .where(scope_param_filter(UsageRecord), UsageRecord.period == bindparam("period"))
-    .scalar_subquery()
-    .label("minutes_used")
 )
-_NOT_METERED = literal(0).label("minutes_used")
-# What the limits need, in one statement; the month's minutes only for plans that stop on them.
-_LIMIT_COUNTS = {
-    True: prepared(select(_ACTIVE_CALLS, _MINUTES_USED)),
-    False: prepared(select(_ACTIVE_CALLS, _NOT_METERED)),
-}
 
 
-def _limit_params(tenant_id: uuid.UUID) -> dict[str, Any]:
-    now = utcnow()
-    return scope_params(
-        tenant_id,
-        ring_cutoff=now - RING_TIMEOUT,
-        talk_cutoff=now - LONGEST_CALL,
-        period=billing_period(now),
-    )
-
-
-def _check_limits(
-    session: Session, tenant: Tenant | LockedTenant, statements: dict[bool, Any], **params: Any
-) -> tuple[str | None, Any]:
-    """Run the limit statement for `tenant`'s plan; (the end_reason refusing a call or None,
-    the row read). A suspended tenant is refused without a query."""
-    if tenant.status == "suspended":
-        return REJECT_TENANT_SUSPENDED, None
-    plan = get_plan(tenant.plan)
-    statement = statements[plan.rejects_when_minutes_run_out]
-    row = session.execute(statement, {**_limit_params(tenant.id), **params}).one()
-    if row.active_calls >= plan.max_concurrent_calls:
-        return REJECT_CONCURRENCY_LIMIT, row
-    if plan.rejects_when_minutes_run_out and row.minutes_used >= plan.included_minutes:
-        return REJECT_MINUTES_EXHAUSTED, row
-    return None, row
-
-
-def call_limit_violation(session: Session, tenant: Tenant | LockedTenant) -> str | None:
+def call_limit_violation(session: Session, tenant: Tenant) -> str | None:
     """Why `tenant` may not start another call now (an end_reason), or None if it may.
 
     Exact under concurrency only if the caller holds the tenant row lock (`lock_tenant`) from
     before this check until its new call is flushed: the count and the insert are then serialized
     per tenant, so N racing calls against a limit of k admit exactly k.
     """
-    return _check_limits(session, tenant, _LIMIT_COUNTS)[0]
+    params = {
+        "tenant_id": tenant.id,
+        "tenant_status": tenant.status,
+        "limits": _PLAN_LIMITS_JSON[get_plan(tenant.plan).name.value],
+        **_limit_params(utcnow()),
+    }
+    reason: str | None = session.scalar(_CALL_LIMIT_VIOLATION, params)
+    return reason
 
 
-_CALL_BY_SID = prepared(
-    scoped_template(Call).where(Call.provider_call_sid == bindparam("call_sid"))
+_CALL_BY_SID_FOR_UPDATE = prepared(
+    scoped_template(Call).where(Call.provider_call_sid == bindparam("call_sid")).with_for_update()
 )
-_CALL_BY_SID_FOR_UPDATE = _CALL_BY_SID.with_for_update()
 _PROFILE_BY_ID = prepared(scoped_template(AIProfile).where(AIProfile.id == bindparam("profile_id")))
 _DEFAULT_PROFILE = prepared(
     scoped_template(AIProfile).where(AIProfile.is_default.is_(True)).limit(1)
 )
-# The limits and the profile of an inbound call in one statement: the number's profile if it
-# has one, else the tenant's default (the one row; no profile at all leaves it NULL).
-_ONE_ROW = select(literal(1).label("one")).subquery()
 
 
 @dataclass(frozen=True)
@@ -288,47 +191,21 @@ class AnsweringProfile:
     voice: str | None
 
 
-def _admission(metered: bool) -> Select[Any]:
-    counts = (_ACTIVE_CALLS, _MINUTES_USED if metered else _NOT_METERED)
-    profile = (
-        AIProfile.id.label("answering_id"),
-        AIProfile.greeting.label("answering_greeting"),
-        AIProfile.language.label("answering_language"),
-        AIProfile.voice.label("answering_voice"),
-    )
-    return (
-        select(*counts, *profile)
-        .select_from(_ONE_ROW)
-        .outerjoin(
-            AIProfile,
-            and_(
-                scope_param_filter(AIProfile),
-                or_(AIProfile.id == bindparam("profile_id"), AIProfile.is_default.is_(True)),
-            ),
-        )
-        .order_by((AIProfile.id == bindparam("profile_id")).desc().nulls_last())
-        .limit(1)
-    )
-
-
-_ADMISSION = {True: prepared(_admission(True)), False: prepared(_admission(False))}
-
-
-def admit_inbound_call(
-    session: Session, tenant: LockedTenant, number_profile_id: uuid.UUID | None
-) -> tuple[str | None, AnsweringProfile | None]:
-    """The reason an inbound call is refused (or None) and the profile that answers it.
-
-    The caller holds the tenant row lock (`route_voice`), as `call_limit_violation` requires.
-    """
-    reason, row = _check_limits(session, tenant, _ADMISSION, profile_id=number_profile_id)
-    if reason is not None:
-        return reason, None
-    if row.answering_id is None:
-        return REJECT_NO_AI_PROFILE, None
-    return None, AnsweringProfile(
-        row.answering_id, row.answering_greeting, row.answering_language, row.answering_voice
-    )
+_ANSWER_ROW = func.answer_inbound_call(
+    bindparam("call_id"),
+    bindparam("call_sid"),
+    bindparam("to_number"),
+    bindparam("from_number"),
+    bindparam("outbound"),
+    bindparam("plans"),
+    bindparam("now"),
+    bindparam("ring_cutoff"),
+    bindparam("talk_cutoff"),
+    bindparam("period"),
+).table_valued(
+    "outcome", "call_id", "call_status", "ai_profile_id", "greeting", "language", "voice"
+)
+_ANSWER_INBOUND_CALL = prepared(select(*_ANSWER_ROW.c))
 
 
 def resolve_ai_profile(
@@ -399,17 +276,6 @@ def _parse_duration(raw: str | None) -> int | None:
     return value if value >= 0 else None
 
 
-# ON CONFLICT: a retry of a CallSid racing its first delivery waits for the tenant lock, then
-# finds the committed row and answers with that call instead.
-# Core, not ORM: the ORM's bulk-insert machinery cost more Python time than the round trip.
-_CALLS = cast(Table, Call.__table__)
-_INSERT_CALL = prepared(
-    pg_insert(_CALLS)
-    .on_conflict_do_nothing(index_elements=[_CALLS.c.provider_call_sid])
-    .returning(_CALLS.c.id)
-)
-
-
 _USAGE = cast(Table, UsageRecord.__table__)
 _INSERT_USAGE = prepared(
     pg_insert(_USAGE).on_conflict_do_nothing(index_elements=[_USAGE.c.tenant_id, _USAGE.c.call_id])
@@ -437,80 +303,38 @@ class TelephonyService:
         answered) creates nothing and gets the TwiML of the existing call.
         """
         call_sid = form.get("CallSid", "").strip()
-        to_number = form.get("To", "").strip()
         if not call_sid:
             logger.warning("voice webhook without CallSid")
             return twiml.reject("rejected")
-
-        route = route_voice(self.session, call_sid, to_number)
-        if route.known_call_tenant_id is not None:
-            existing = self._call_by_sid(route.known_call_tenant_id, call_sid)
-            if existing is not None:
-                return self._twiml_for_existing(existing)
-
-        if form.get("Direction", "inbound").startswith("outbound"):
+        now = utcnow()
+        row = self.session.execute(
+            _ANSWER_INBOUND_CALL,
+            {
+                "call_id": new_id(),
+                "call_sid": call_sid,
+                "to_number": form.get("To", "").strip(),
+                "from_number": form.get("From", "").strip()[:32] or "unknown",
+                "outbound": form.get("Direction", "inbound").startswith("outbound"),
+                "plans": _ALL_PLAN_LIMITS_JSON,
+                "now": now,
+                **_limit_params(now),
+            },
+        ).one()
+        if row.outcome == "unknown_outbound":
             # Twilio asks for TwiML of an outbound call we have no row for (placed elsewhere).
             logger.warning("voice webhook for an unknown outbound call", extra={"sid": call_sid})
             return twiml.hangup()
-
-        number, tenant = route.number, route.tenant
-        if number is None or number.status != "active" or tenant is None:
+        if row.outcome == "unrouted":
             logger.info("inbound call to an unrouted number", extra={"sid": call_sid})
             return twiml.reject("rejected")
-
-        reason, profile = admit_inbound_call(self.session, tenant, number.ai_profile_id)
-
-        now = utcnow()
-        call_id = new_id()
-        inserted = self.session.scalar(
-            _INSERT_CALL,
-            {
-                "id": call_id,
-                "tenant_id": tenant.id,
-                "phone_number_id": number.id,
-                "ai_profile_id": profile.id if profile is not None else None,
-                "direction": "inbound",
-                "status": "rejected" if reason else "ringing",
-                "from_number": form.get("From", "").strip()[:32] or "unknown",
-                "to_number": number.number,
-                "provider_call_sid": call_sid,
-                "started_at": now,
-                "ended_at": now if reason else None,
-                "duration_seconds": 0 if reason else None,
-                "billable_minutes": 0,
-                "end_reason": reason,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        if inserted is None:
-            existing = self._call_by_sid(tenant.id, call_sid)
-            if existing is not None:
-                return self._twiml_for_existing(existing)
-            logger.warning("CallSid already used by another tenant", extra={"sid": call_sid})
-            return twiml.reject("rejected")
-
-        if reason is not None or profile is None:
-            logger.info("inbound call rejected", extra={"reason": reason, "call_id": str(call_id)})
+        if row.call_status == "rejected":
+            if row.outcome == "created":
+                logger.info("inbound call rejected", extra={"call_id": str(row.call_id)})
             return twiml.reject("busy")
-        return relay_twiml(call_id, profile)
-
-    def _call_by_sid(self, tenant_id: uuid.UUID, call_sid: str) -> Call | None:
-        return self.session.scalars(
-            _CALL_BY_SID, scope_params(tenant_id, call_sid=call_sid)
-        ).one_or_none()
-
-    def _twiml_for_existing(self, call: Call) -> str:
-        if call.status == "rejected":
-            return twiml.reject("busy")
-        if call.status in TERMINAL_STATUSES or call.ai_profile_id is None:
+        if row.call_status in TERMINAL_STATUSES or row.ai_profile_id is None:
             return twiml.hangup()
-        profile = self.session.scalars(
-            _PROFILE_BY_ID, scope_params(call.tenant_id, profile_id=call.ai_profile_id)
-        ).one_or_none()
-        if profile is None:
-            return twiml.hangup()
-        return relay_twiml(call.id, profile)
+        profile = AnsweringProfile(row.ai_profile_id, row.greeting, row.language, row.voice)
+        return relay_twiml(row.call_id, profile)
 
     # -- status callback -----------------------------------------------------------------------
 

@@ -49,8 +49,12 @@ def test_system_scope_is_used_only_where_allowed() -> None:
 # SQL functions allowed to turn the system scope on, and the only Python functions calling them.
 ALLOWED_SQL_FUNCTIONS = {
     "authenticate_api_key": {("app/services/auth.py", "authenticate")},  # resolving an API key
-    "route_inbound_call": {("app/services/telephony.py", "route_voice")},  # an inbound number
+    "route_inbound_call": set(),  # an inbound number: only through answer_inbound_call
     "bind_call_sid": {("app/services/telephony.py", "bind_call_sid")},  # a Twilio CallSid
+}
+# SQL functions that call one of those, and the only Python functions calling them.
+SQL_CALLERS = {
+    "answer_inbound_call": {("app/services/telephony.py", "answer_voice")},  # a voice webhook
 }
 
 
@@ -70,6 +74,13 @@ def test_only_pinned_sql_functions_enter_the_system_scope(owner_engine: Engine) 
             on = source.count("set_config('app.system', 'on', true)")
             off = source.count("set_config('app.system', '', true)")
             assert on == off == 1, name
+    calling = {
+        name
+        for name, source in rows
+        if name not in ALLOWED_SQL_FUNCTIONS
+        and any(re.search(rf"\b{pinned}\s*\(", source) for pinned in ALLOWED_SQL_FUNCTIONS)
+    }
+    assert calling == set(SQL_CALLERS)
 
 
 def _module_statements_built_with(tree: ast.Module, pattern: re.Pattern[str]) -> set[str]:
@@ -116,5 +127,5 @@ def _sql_function_call_sites(name: str) -> set[tuple[str, str]]:
 
 
 def test_pinned_sql_functions_are_called_only_from_their_call_sites() -> None:
-    for name, allowed in ALLOWED_SQL_FUNCTIONS.items():
+    for name, allowed in {**ALLOWED_SQL_FUNCTIONS, **SQL_CALLERS}.items():
         assert _sql_function_call_sites(name) == allowed, name
