@@ -9,7 +9,9 @@ public base URL instead of being taken from the incoming request.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
 from urllib.parse import urlsplit, urlunsplit
 
 from twilio.request_validator import RequestValidator
@@ -97,6 +99,11 @@ def _normalize_params(
     return _MultiParams(normalized)
 
 
+@lru_cache(maxsize=4)
+def _validator(auth_token: str) -> RequestValidator:
+    return RequestValidator(auth_token)
+
+
 def is_valid_twilio_signature(
     auth_token: str,
     url: str,
@@ -117,8 +124,16 @@ def is_valid_twilio_signature(
     if not auth_token or not signature or not isinstance(signature, str):
         return False
     try:
-        validator = RequestValidator(auth_token)
-        return bool(validator.validate(url, _normalize_params(params), signature))
+        validator = _validator(auth_token)
+        signed = _normalize_params(params)
+        # Twilio signs the URL it requested, which is `url` as configured: one HMAC settles the
+        # usual case. Anything else (the port written the other way, a body hash in the query)
+        # gets the library's full check, which computes two.
+        if "bodySHA256" not in url and hmac.compare_digest(
+            validator.compute_signature(url, signed), signature
+        ):
+            return True
+        return bool(validator.validate(url, signed, signature))
     except Exception:
         # Webhook input is attacker-controlled; any oddity is simply "not signed by Twilio".
         return False

@@ -265,3 +265,57 @@ def test_racing_duplicate_completions_meter_and_announce_once(
     assert call["billable_minutes"] == (1 if call["duration_seconds"] == 60 else 2)
     assert [m for _, m in _usage(owner_engine, tenant.id)] == [call["billable_minutes"]]
     assert len(_ended_events(owner_engine, tenant.id)) == 1
+
+
+def _signed(url: str, fields: list[tuple[str, str]]) -> str:
+    """X-Twilio-Signature over form fields that may repeat (the twilio library signs every value)."""
+    from twilio.request_validator import RequestValidator
+
+    class Multi(dict[str, list[str]]):
+        def getall(self, name: str) -> list[str]:
+            return self[name]
+
+    params = Multi()
+    for key, value in fields:
+        params.setdefault(key, []).append(value)
+    return str(RequestValidator(os.environ["TWILIO_AUTH_TOKEN"]).compute_signature(url, params))
+
+
+def test_a_repeated_field_is_signed_with_every_value(
+    client: TestClient, tenant: TenantFixture
+) -> None:
+    sid, call_id = _ring(client, tenant)
+    fields = [
+        ("CallSid", sid),
+        ("CallStatus", "in-progress"),
+        ("StatusCallbackEvent", "ringing"),
+        ("StatusCallbackEvent", "answered"),
+    ]
+    url = os.environ["PUBLIC_BASE_URL"] + STATUS
+    # Signed over one of the two values only: not what Twilio sent.
+    form = {
+        "CallSid": sid,
+        "CallStatus": "in-progress",
+        "StatusCallbackEvent": ["ringing", "answered"],
+    }
+    forged = _signed(url, fields[:3])
+    response = client.post(STATUS, data=form, headers={"X-Twilio-Signature": forged})
+    assert response.status_code == 403
+    assert _call(client, tenant, call_id)["status"] == "ringing"
+    response = client.post(STATUS, data=form, headers={"X-Twilio-Signature": _signed(url, fields)})
+    assert response.status_code == 200
+    assert _call(client, tenant, call_id)["status"] == "in_progress"
+
+
+def test_a_signature_over_the_url_with_its_default_port_is_accepted(
+    client: TestClient, tenant: TenantFixture
+) -> None:
+    """Twilio may sign https://host:443/…; the configured base URL has no port."""
+    sid, call_id = _ring(client, tenant)
+    base = os.environ["PUBLIC_BASE_URL"]
+    assert base.startswith("https://") and base.count(":") == 1
+    with_port = base.replace(".test", ".test:443", 1) + STATUS
+    params = {"CallSid": sid, "CallStatus": "in-progress"}
+    response = twilio_post(client, STATUS, params, signed_url=with_port)
+    assert response.status_code == 200
+    assert _call(client, tenant, call_id)["status"] == "in_progress"
