@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, text
@@ -128,3 +129,29 @@ def test_unknown_key_id_is_404(client: TestClient, tenant: TenantFixture) -> Non
     )
     assert response.status_code == 404
     assert response.json()["code"] == "not_found"
+
+
+def test_a_request_does_not_wait_for_another_ones_last_used_at_write(
+    client: TestClient, tenant: TenantFixture, app_engine: Engine
+) -> None:
+    """Once a minute one request of a key records last_used_at and holds the row until its
+    transaction ends; the key's other requests must not queue behind it."""
+    created = _create(client, tenant)
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    result: list[int] = []
+    with app_engine.connect() as holder:
+        # Another request, in the middle of writing last_used_at: the row is locked.
+        holder.execute(text("SELECT set_config('app.tenant_id', :t, true)"), {"t": str(tenant.id)})
+        holder.execute(
+            text("SELECT id FROM api_keys WHERE id = :id FOR UPDATE"), {"id": created["id"]}
+        )
+        worker = threading.Thread(
+            target=lambda: result.append(client.get(tenant.url(), headers=headers).status_code)
+        )
+        worker.start()
+        worker.join(timeout=5)
+        waited = worker.is_alive()
+        holder.rollback()
+    worker.join(timeout=10)
+    assert not waited, "the request waited for the lock on its key's row"
+    assert result == [200]
