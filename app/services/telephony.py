@@ -72,7 +72,8 @@ TWILIO_CALL_STATUSES = {
     "canceled": "canceled",
 }
 
-# end_reason of a call refused before it was answered.
+# end_reason of a call refused before it was answered: what `call_limit_violation` and
+# `answer_inbound_call` (migration 0006) write and return.
 REJECT_TENANT_SUSPENDED = "tenant_suspended"
 REJECT_CONCURRENCY_LIMIT = "concurrency_limit"
 REJECT_MINUTES_EXHAUSTED = "minutes_exhausted"
