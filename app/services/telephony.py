@@ -54,6 +54,9 @@ STATUS_PATH = "/telephony/twilio/status"
 # The answer to a callback that needs no instructions.
 EMPTY_TWIML = str(VoiceResponse())
 
+# The width of calls.provider_call_sid; Twilio's SIDs are 34 characters.
+MAX_CALL_SID_LENGTH = 64
+
 TERMINAL_STATUSES = frozenset({"completed", "busy", "no_answer", "failed", "canceled", "rejected"})
 # A call only moves forward: queued < ringing < in_progress < any terminal status.
 _RANK = {"queued": 0, "ringing": 1, "in_progress": 2}
@@ -304,8 +307,9 @@ class TelephonyService:
         answered) creates nothing and gets the TwiML of the existing call.
         """
         call_sid = form.get("CallSid", "").strip()
-        if not call_sid:
-            logger.warning("voice webhook without CallSid")
+        if not call_sid or len(call_sid) > MAX_CALL_SID_LENGTH:
+            # Not a SID of Twilio's (34 characters): no call could be recorded under it.
+            logger.warning("voice webhook without a usable CallSid", extra={"sid": call_sid[:80]})
             return twiml.reject("rejected")
         now = utcnow()
         row = self.session.execute(

@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl
 from fastapi import Depends, Request
 
 from app.config.settings import settings
-from app.errors import Forbidden, ServiceUnavailable
+from app.errors import Forbidden, InvalidInput, ServiceUnavailable
 from app.telephony.signature import is_valid_twilio_signature, public_url
 
 
@@ -70,7 +70,11 @@ async def verified_twilio_form(request: Request) -> dict[str, str]:
     signature = request.headers.get("x-twilio-signature")
     if not is_valid_twilio_signature(settings.TWILIO_AUTH_TOKEN or "", url, fields, signature):
         raise InvalidTwilioSignature()
-    return {key: values[-1] for key, values in fields.items() if values}
+    form = {key: values[-1] for key, values in fields.items() if values}
+    # Signed, yet nothing Twilio sends: refused before anything is looked up or stored.
+    if any("\x00" in value for values in fields.values() for value in values):
+        raise InvalidInput("A form field contains a NUL character.")
+    return form
 
 
 TwilioForm = Annotated[dict[str, str], Depends(verified_twilio_form)]

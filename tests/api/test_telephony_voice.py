@@ -338,3 +338,30 @@ def test_without_twilio_credentials_it_is_503(
     assert response.json()["code"] == "telephony_not_configured"
     assert response.headers["retry-after"]
     assert _calls(owner_engine, tenant.id) == 0
+
+
+@pytest.mark.parametrize(
+    "field",
+    [{"From": "+1415\x00555"}, {"CallSid": "CA\x00" + "a" * 31}],
+    ids=["nul-in-from", "nul-in-sid"],
+)
+def test_a_signed_form_with_a_nul_is_422_and_stores_nothing(
+    client: TestClient, tenant: TenantFixture, owner_engine: Engine, field: dict[str, str]
+) -> None:
+    """PostgreSQL cannot store a NUL; no form of Twilio's has one."""
+    setup = create_number_and_profile(tenant.id)
+    params = {**_inbound(setup.number), **field}
+    for path in (VOICE, "/telephony/twilio/status"):
+        response = twilio_post(client, path, {**params, "CallStatus": "completed"})
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "invalid_input"
+    assert count_tenant_rows(owner_engine, "calls", tenant.id) == 0
+
+
+def test_a_call_sid_longer_than_any_of_twilios_is_rejected_and_nothing_is_stored(
+    client: TestClient, tenant: TenantFixture, owner_engine: Engine
+) -> None:
+    setup = create_number_and_profile(tenant.id)
+    params = _inbound(setup.number, call_sid="CA" + "a" * 100)
+    _assert_reject(twilio_post(client, VOICE, params), "rejected")
+    assert count_tenant_rows(owner_engine, "calls", tenant.id) == 0
