@@ -62,11 +62,10 @@ async def verified_twilio_form(request: Request) -> dict[str, str]:
     """
     require_telephony()
     fields = await _form_fields(request)
-    url = public_url(
-        settings.PUBLIC_BASE_URL or "",
-        request.scope["path"],
-        request.scope["query_string"].decode(),
-    )
+    # Not request.url: it decodes the raw query string as UTF-8 and raises on any other byte.
+    # Latin-1 reads every byte (as Starlette's QueryParams does); a mangled URL just fails to match.
+    query = request.scope["query_string"].decode("latin-1")
+    url = public_url(settings.PUBLIC_BASE_URL or "", request.scope["path"], query)
     signature = request.headers.get("x-twilio-signature")
     if not is_valid_twilio_signature(settings.TWILIO_AUTH_TOKEN or "", url, fields, signature):
         raise InvalidTwilioSignature()

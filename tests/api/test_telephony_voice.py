@@ -365,3 +365,39 @@ def test_a_call_sid_longer_than_any_of_twilios_is_rejected_and_nothing_is_stored
     params = _inbound(setup.number, call_sid="CA" + "a" * 100)
     _assert_reject(twilio_post(client, VOICE, params), "rejected")
     assert count_tenant_rows(owner_engine, "calls", tenant.id) == 0
+
+
+def test_raw_bytes_in_the_query_string_are_403_not_500() -> None:
+    """An HTTP client may send any byte after `?`; the URL is read as Starlette reads it."""
+    import asyncio
+
+    from main import app
+
+    messages: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"CallSid=CA1&To=%2B1", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        messages.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "https",
+        "path": VOICE,
+        "raw_path": VOICE.encode(),
+        "root_path": "",
+        "query_string": b"x=\xff",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/x-www-form-urlencoded"),
+            (b"x-twilio-signature", b"forged"),
+        ],
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 443),
+    }
+    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    assert messages[0]["status"] == 403
