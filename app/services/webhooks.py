@@ -346,12 +346,12 @@ _DUE = ("status IN ('pending', 'failed') AND next_attempt_at <= :now", "next_att
 
 def _claim_statements(restricted: bool) -> tuple[TextClause, TextClause]:
     tenant_filter = "AND tenant_id = ANY(:tenant_ids)" if restricted else ""
-    return tuple(  # type: ignore[return-value]
-        prepared(
-            text(_CLAIM_SQL.format(condition=condition, tenant_filter=tenant_filter, order=order))
-        )
-        for condition, order in (_EXPIRED, _DUE)
-    )
+
+    def claim(condition: str, order: str) -> TextClause:
+        sql = _CLAIM_SQL.format(condition=condition, tenant_filter=tenant_filter, order=order)
+        return prepared(text(sql))
+
+    return claim(*_EXPIRED), claim(*_DUE)
 
 
 # (expired, due), for all tenants and for a list of them (tests share one database).
