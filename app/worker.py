@@ -51,7 +51,7 @@ from app.services.webhooks import (
 from app.webhooks.sender import (
     DEFAULT_TIMEOUT_SECONDS,
     DeliveryResult,
-    close_shared_client,
+    close_shared_transports,
     post_webhook,
 )
 
@@ -446,7 +446,7 @@ def main() -> int:
         worker.run_forever()
     finally:
         worker.close()
-        close_shared_client()
+        close_shared_transports()
         get_engine().dispose()
     logger.info("worker stopped")
     return 0

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,7 +36,7 @@ __all__ = [
     "RESPONSE_EXCERPT_CHARS",
     "USER_AGENT",
     "DeliveryResult",
-    "close_shared_client",
+    "close_shared_transports",
     "parse_retry_after",
     "post_webhook",
 ]
@@ -74,49 +75,51 @@ class DeliveryResult:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-# One pooled client per destination host name. httpcore pools connections by (scheme, IP, port),
+# One connection pool per destination host name. httpcore pools connections by (scheme, IP, port),
 # but a TLS session belongs to the host name it was verified for: sharing one pool between host
-# names on the same IP would skip the second name's certificate check. Inside a per-host client
+# names on the same IP would skip the second name's certificate check. Inside a per-host pool
 # every connection was opened for that name, so keep-alive is safe and saves a TCP (and TLS)
 # handshake per delivery.
-# Each sending thread also has its own client per host: one httpcore pool shared by the worker's
+# Each sending thread also has its own pool per host: one httpcore pool shared by the worker's
 # 16 threads serialized them on the pool's lock (40 % of the worker's time in the benchmark).
-_MAX_HOST_CLIENTS = 1024
-_clients: OrderedDict[tuple[int, str, str, int], httpx.Client] = OrderedDict()
-_clients_lock = threading.Lock()
+#
+# Requests go straight to the transport, not through an httpx.Client: a client keeps a cookie
+# jar, and deliveries to one host share the pool whichever tenant they belong to, so a cookie
+# one tenant's receiver set would have been sent with the next tenant's delivery. A transport
+# keeps no cookies, follows no redirects, reads no proxy settings from the environment, and
+# skips the client's per-request work (its cookie handling alone was a sixth of a send's CPU).
+_MAX_HOST_TRANSPORTS = 1024
+_transports: OrderedDict[tuple[int, str, str, int], httpx.HTTPTransport] = OrderedDict()
+_transports_lock = threading.Lock()
 
 
-def _new_client() -> httpx.Client:
-    return httpx.Client(
-        follow_redirects=False,
-        # Proxy environment variables must not route deliveries somewhere the SSRF check did
-        # not look at.
-        trust_env=False,
-        # A client serves one thread, so one request at a time.
-        limits=httpx.Limits(max_connections=2, max_keepalive_connections=1, keepalive_expiry=30),
+def _new_transport() -> httpx.HTTPTransport:
+    # A pool serves one thread, so one request at a time.
+    return httpx.HTTPTransport(
+        limits=httpx.Limits(max_connections=2, max_keepalive_connections=1, keepalive_expiry=30)
     )
 
 
-def _client_for(scheme: str, host: str, port: int) -> httpx.Client:
+def _transport_for(scheme: str, host: str, port: int) -> httpx.HTTPTransport:
     key = (threading.get_ident(), scheme, host, port)
-    with _clients_lock:
-        client = _clients.get(key)
-        if client is not None and not client.is_closed:
-            _clients.move_to_end(key)
-            return client
-        client = _clients[key] = _new_client()
-        while len(_clients) > _MAX_HOST_CLIENTS:
-            _, evicted = _clients.popitem(last=False)
+    with _transports_lock:
+        transport = _transports.get(key)
+        if transport is not None:
+            _transports.move_to_end(key)
+            return transport
+        transport = _transports[key] = _new_transport()
+        while len(_transports) > _MAX_HOST_TRANSPORTS:
+            _, evicted = _transports.popitem(last=False)
             evicted.close()
-        return client
+        return transport
 
 
-def close_shared_client() -> None:
-    """Close the pooled per-host clients (e.g. at worker shutdown)."""
-    with _clients_lock:
-        while _clients:
-            _, client = _clients.popitem()
-            client.close()
+def close_shared_transports() -> None:
+    """Close the pooled per-host connections (e.g. at worker shutdown)."""
+    with _transports_lock:
+        while _transports:
+            _, transport = _transports.popitem()
+            transport.close()
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> int | None:
@@ -154,7 +157,7 @@ def post_webhook(
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     allow_private: bool,
     require_https: bool,
-    client: httpx.Client | None = None,
+    transport: httpx.BaseTransport | None = None,
 ) -> DeliveryResult:
     """POST ``body`` with ``headers`` to ``url`` once, and never raise.
 
@@ -170,10 +173,11 @@ def post_webhook(
       the body stops at the same deadline or after ``MAX_RESPONSE_BYTES``, whichever is
       first. DNS resolution is not covered (the stdlib resolver has no timeout).
     * Any failure becomes ``status_code=None`` with a short ``error``.
+    * No cookie is kept: a ``Set-Cookie`` in one response is never sent with another request.
 
     ``headers`` are sent as given (apart from ``Host``, which is always derived from the
-    URL); the caller provides ``Content-Type`` and the signature headers. A caller-supplied
-    ``client`` should be created with ``trust_env=False`` so that no proxy is involved.
+    URL); the caller provides ``Content-Type`` and the signature headers. ``transport``
+    replaces the pooled per-host one (tests pass one that trusts their certificate).
     """
     started = time.monotonic()
     try:
@@ -185,7 +189,7 @@ def post_webhook(
             timeout_seconds=timeout_seconds,
             allow_private=allow_private,
             require_https=require_https,
-            client=client,
+            transport=transport,
         )
     except Exception as exc:
         # The contract is "never raises": callers record the outcome and schedule retries.
@@ -201,7 +205,7 @@ def _deliver(
     timeout_seconds: float,
     allow_private: bool,
     require_https: bool,
-    client: httpx.Client | None,
+    transport: httpx.BaseTransport | None,
 ) -> DeliveryResult:
     try:
         scheme, host, port = validate_url_syntax(url, require_https=require_https)
@@ -218,14 +222,15 @@ def _deliver(
         del request_headers["host"]
     request_headers["Host"] = format_netloc(scheme, host, port)
     request_headers.setdefault("User-Agent", USER_AGENT)
+    request_headers.setdefault("Accept", "*/*")
     # Only an excerpt is kept; asking for identity avoids decompressing a hostile body.
     request_headers.setdefault("Accept-Encoding", "identity")
 
-    extensions: dict[str, object] = {}
+    extensions: dict[str, Any] = {}
     if scheme == "https" and not host_is_literal:
         extensions["sni_hostname"] = host
 
-    http = client if client is not None else _client_for(scheme, host, port)
+    http = transport if transport is not None else _transport_for(scheme, host, port)
     deadline = started + timeout_seconds
     last_error = "connection failed"
     for ip in addresses[:_MAX_ADDRESSES_TRIED]:
@@ -233,16 +238,15 @@ def _deliver(
         if remaining <= 0:
             return _failure(started, "timed out")
         target = f"{scheme}://{format_netloc(scheme, str(ip), port)}{path_and_query}"
-        request = http.build_request(
+        request = httpx.Request(
             "POST",
             target,
             content=body,
             headers=request_headers,
-            timeout=httpx.Timeout(remaining),
-            extensions=extensions,
+            extensions={**extensions, "timeout": httpx.Timeout(remaining).as_dict()},
         )
         try:
-            response = http.send(request, stream=True, follow_redirects=False)
+            response = http.handle_request(request)
         except httpx.TimeoutException as exc:
             return _failure(started, _describe_timeout(exc))
         except httpx.ConnectError as exc:

@@ -97,6 +97,8 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(302, b"", {"Location": f"http://{LOOPBACK}:{port}/redirect-target"})
         elif self.path == "/redirect-target":
             self._reply(200, b"should never be reached")
+        elif self.path == "/set-cookie":
+            self._reply(200, b"", {"Set-Cookie": "session=tenant-a-secret; Path=/"})
         elif self.path == "/gone":
             self._reply(410, b"gone")
         elif self.path == "/slow":
@@ -137,7 +139,7 @@ def http_server() -> Iterator[QuietServer]:
     thread = _start(server)
     yield server
     _stop(server, thread)
-    sender.close_shared_client()
+    sender.close_shared_transports()
 
 
 @pytest.fixture
@@ -296,12 +298,16 @@ def test_redirect_is_not_followed(server: QuietServer) -> None:
     assert server.state.paths() == ["/redirect"]
 
 
-def test_redirect_not_followed_even_with_a_following_client(server: QuietServer) -> None:
-    with httpx.Client(follow_redirects=True, trust_env=False) as client:
-        result = _post(f"http://localhost:{_port(server)}/redirect", client=client)
-
-    assert result.status_code == 302
-    assert server.state.paths() == ["/redirect"]
+def test_no_cookie_travels_from_one_delivery_to_the_next(server: QuietServer) -> None:
+    """Deliveries to one host share a connection pool, whichever tenant they belong to: a cookie
+    one receiver sets must never be sent with a later delivery (another tenant's, maybe)."""
+    port = _port(server)
+    assert _post(f"http://hooks.shared.invalid:{port}/set-cookie").ok
+    assert _post(f"http://hooks.shared.invalid:{port}/ok").ok
+    with server.state.lock:
+        sent = [r.headers for r in server.state.requests]
+    assert len(sent) == 2
+    assert all("cookie" not in headers for headers in sent), sent
 
 
 def test_gone(server: QuietServer) -> None:
@@ -401,8 +407,10 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
 def test_https_uses_original_host_for_sni_and_certificate(tls_server: TLSServer) -> None:
     port = _port(tls_server.server)
     verify = ssl.create_default_context(cafile=str(tls_server.ca_file))
-    with httpx.Client(verify=verify, trust_env=False) as client:
-        result = _post(f"https://hooks.tenant.invalid:{port}/ok", require_https=True, client=client)
+    with httpx.HTTPTransport(verify=verify) as transport:
+        result = _post(
+            f"https://hooks.tenant.invalid:{port}/ok", require_https=True, transport=transport
+        )
 
     assert result.status_code == 200, result.error
     assert tls_server.server.state.sni_names[-1] == "hooks.tenant.invalid"
@@ -413,8 +421,10 @@ def test_https_certificate_for_another_name_is_rejected(tls_server: TLSServer) -
     port = _port(tls_server.server)
     before = len(tls_server.server.state.requests)
     verify = ssl.create_default_context(cafile=str(tls_server.ca_file))
-    with httpx.Client(verify=verify, trust_env=False) as client:
-        result = _post(f"https://other.tenant.invalid:{port}/ok", require_https=True, client=client)
+    with httpx.HTTPTransport(verify=verify) as transport:
+        result = _post(
+            f"https://other.tenant.invalid:{port}/ok", require_https=True, transport=transport
+        )
 
     assert result.status_code is None
     assert result.error is not None
