@@ -34,6 +34,10 @@ class ConsoleFormatter(logging.Formatter):
         return base + ("  " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
 
 
+# httpx, and the copy of it the openai client ships with.
+HTTP_CLIENT_LOGGERS = ("httpx", "httpx2")
+
+
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
@@ -45,6 +49,13 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # httpx logs one INFO line per request: every LLM call of a relay turn (written in the event
+    # loop before the first token is read) and every Twilio request, with no call or tenant id.
+    # Our own lines say what failed and for whom; LOG_LEVEL=DEBUG shows theirs again.
+    for name in HTTP_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+        )
 
 
 class RequestLogMiddleware:
