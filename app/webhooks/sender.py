@@ -94,9 +94,11 @@ _transports_lock = threading.Lock()
 
 
 def _new_transport() -> httpx.HTTPTransport:
-    # A pool serves one thread, so one request at a time.
     return httpx.HTTPTransport(
-        limits=httpx.Limits(max_connections=2, max_keepalive_connections=1, keepalive_expiry=30)
+        # Certificate and key-log settings are not taken from the environment either.
+        trust_env=False,
+        # A pool serves one thread, so one request at a time.
+        limits=httpx.Limits(max_connections=2, max_keepalive_connections=1, keepalive_expiry=30),
     )
 
 
