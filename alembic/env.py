@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from alembic_utils.pg_function import PGFunction
+from alembic_utils.pg_policy import PGPolicy
+from alembic_utils.replaceable_entity import register_entities
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
 
 from alembic import context
 from app.config.settings import settings
 from app.models import Base
+from app.models.functions import FUNCTIONS
+from app.models.rls import tenant_policies
 
 target_metadata = Base.metadata
+# The SQL functions and RLS policies are compared by autogenerate and `alembic check` too.
+register_entities([*FUNCTIONS, *tenant_policies()], entity_types=[PGFunction, PGPolicy])
 
 
 def _grant_app_role(connection) -> None:  # type: ignore[no-untyped-def]
@@ -26,6 +33,9 @@ def _grant_app_role(connection) -> None:  # type: ignore[no-untyped-def]
         f"REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM {role}",
     ):
         connection.execute(text(statement))
+    if connection.scalar(text("SELECT to_regclass('public.plans') IS NOT NULL")):
+        # The plan catalogue changes only by migration.
+        connection.execute(text(f"REVOKE INSERT, UPDATE, DELETE ON plans FROM {role}"))
 
 
 def run_migrations_offline() -> None:

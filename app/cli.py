@@ -6,9 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.config.database import tenant_session, unscoped_session
+from app.config.database import transaction
 from app.models import Tenant
-from app.plans import PlanName
 from app.schemas.tenants import ApiKeyCreate, TenantCreate
 from app.services.api_keys import ApiKeyService
 from app.services.scope import Principal, Role, TenantScope
@@ -18,7 +17,7 @@ OPERATOR = Principal(role=Role.platform_admin)
 
 
 def _find_tenant(slug: str) -> Tenant | None:
-    with unscoped_session() as session:
+    with transaction() as session:
         return TenantService(session).find_by_slug(slug)
 
 
@@ -26,7 +25,7 @@ def _issue_key(tenant: Tenant, name: str, role: str) -> str:
     scope = TenantScope(
         tenant_id=tenant.id, principal=OPERATOR, tenant_status=tenant.status, plan=tenant.plan
     )
-    with tenant_session(tenant.id) as session:
+    with transaction(tenant.id) as session:
         _, plaintext = ApiKeyService(session, scope).create(
             ApiKeyCreate.model_validate({"name": name, "role": role})
         )
@@ -34,9 +33,9 @@ def _issue_key(tenant: Tenant, name: str, role: str) -> str:
 
 
 def create_tenant(args: argparse.Namespace) -> int:
-    with unscoped_session() as session:
+    with transaction() as session:
         tenant = TenantService(session).create(
-            TenantCreate(name=args.name, slug=args.slug, plan=PlanName(args.plan))
+            TenantCreate(name=args.name, slug=args.slug, plan=args.plan)
         )
     print(f"tenant_id={tenant.id}")
     return 0
@@ -59,9 +58,9 @@ def seed_demo(args: argparse.Namespace) -> int:
         print(f"Demo tenant exists (id {tenant.id}); API key: {key_file.read_text().strip()}")
         return 0
     if tenant is None:
-        with unscoped_session() as session:
+        with transaction() as session:
             tenant = TenantService(session).create(
-                TenantCreate(name="Demo", slug="demo", plan=PlanName.starter)
+                TenantCreate(name="Demo", slug="demo", plan="starter")
             )
     key = _issue_key(tenant, "demo", "admin")
     key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     tenant = commands.add_parser("create-tenant", help="create a tenant")
     tenant.add_argument("--name", required=True)
     tenant.add_argument("--slug", required=True)
-    tenant.add_argument("--plan", default="free", choices=[p.value for p in PlanName])
+    tenant.add_argument("--plan", default="free", help="a plan of GET /api/v1/plans")
     tenant.set_defaults(func=create_tenant)
 
     key = commands.add_parser("create-api-key", help="issue an API key for a tenant (by slug)")

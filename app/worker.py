@@ -32,11 +32,10 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
-import psycopg2
-import psycopg2.extensions
+import psycopg
 from standardwebhooks import Webhook
 
-from app.config.database import get_engine, system_scope, tenant_session
+from app.config.database import get_engine, system_scope, transaction
 from app.config.settings import settings
 from app.logging import configure_logging
 from app.models.base import utcnow
@@ -143,7 +142,7 @@ class WebhookWorker:
         This is the worker's cross-tenant call site (SPEC §2: the worker's claim loop).
         """
         at = now if now is not None else self.clock()
-        with system_scope() as session:
+        with transaction() as session, system_scope(session):
             return claim_due_deliveries(
                 session,
                 now=at,
@@ -171,7 +170,7 @@ class WebhookWorker:
     def run_forever(self) -> None:
         """Deliver until stop(): claim while there is room, sleep until a NOTIFY, a stop or the
         poll interval. On stop, finish the sends in progress and give back the rest."""
-        listener: psycopg2.extensions.connection | None = None
+        listener: psycopg.Connection[Any] | None = None
         next_listen_attempt = 0.0
         try:
             while not self._stop.is_set():
@@ -232,7 +231,7 @@ class WebhookWorker:
             check_at = now if now is not None else self.clock()
             if self._stop.is_set() or check_at + self._send_budget() > claimed.lease_expires_at:
                 # Stopping, or the lease could run out mid-send and another worker send it too.
-                with tenant_session(claimed.tenant_id) as session:
+                with transaction(claimed.tenant_id) as session:
                     release_delivery(session, claimed)
                 done.set_result(None)
                 return
@@ -296,7 +295,7 @@ class WebhookWorker:
             statuses: dict[uuid.UUID, str] | None = None
             for attempt in (1, 2):  # once more after e.g. a deadlock or a dropped connection
                 try:
-                    with tenant_session(tenant_id) as session:
+                    with transaction(tenant_id) as session:
                         statuses = record_delivery_outcomes(
                             session, tenant_id, [item.outcome for item in items]
                         )
@@ -362,24 +361,22 @@ class WebhookWorker:
         with self._in_flight_changed:
             self._in_flight_changed.wait_for(lambda: self._in_flight == 0)
 
-    def _listen(self) -> psycopg2.extensions.connection | None:
+    def _listen(self) -> psycopg.Connection[Any] | None:
         """A dedicated autocommit connection LISTENing for new deliveries (None if it fails: the
         worker then polls)."""
         engine = get_engine()
         args, kwargs = engine.dialect.create_connect_args(engine.url)
         try:
-            connection = psycopg2.connect(*args, **kwargs)
-            connection.autocommit = True
-            with connection.cursor() as cursor:
-                cursor.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        except psycopg2.Error:
+            connection = psycopg.connect(*args, **kwargs, autocommit=True)
+            connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except psycopg.Error:
             logger.warning("LISTEN failed; polling for webhook deliveries instead", exc_info=True)
             return None
         return connection
 
     def _wait_for_work(
-        self, listener: psycopg2.extensions.connection | None
-    ) -> psycopg2.extensions.connection | None:
+        self, listener: psycopg.Connection[Any] | None
+    ) -> psycopg.Connection[Any] | None:
         """Block until a NOTIFY, a stop or the poll interval; returns the listener (None if broken)."""
         readable: list[Any] = [self._wake_read]
         if listener is not None:
@@ -391,9 +388,9 @@ class WebhookWorker:
                     pass
         if listener is not None and listener in ready:
             try:
-                listener.poll()
-                listener.notifies.clear()
-            except psycopg2.Error:
+                for _ in listener.notifies(timeout=0):
+                    pass  # drained: the rows are the message
+            except psycopg.Error:
                 logger.warning("the LISTEN connection broke; reconnecting", exc_info=True)
                 listener.close()
                 return None

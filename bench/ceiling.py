@@ -13,17 +13,15 @@ from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 
 from app.api.deps import TransactionalRoute
-from app.config.database import prepared, tenant_session
+from app.config.database import transaction
 from app.models.base import new_id
 
 TENANT_ID = uuid.UUID(os.environ["BENCH_CEILING_TENANT_ID"])
-_SELECT = prepared(text("SELECT id, name FROM tenants WHERE id = :id"))
+_SELECT = text("SELECT id, name FROM tenants WHERE id = :id")
 # A test event (no deliveries): the bench's reset removes them with the rest of webhook_events.
-_INSERT = prepared(
-    text(
-        "INSERT INTO webhook_events (id, tenant_id, event_type, payload)"
-        " VALUES (:id, :tenant_id, 'webhook.test', CAST('{}' AS jsonb))"
-    )
+_INSERT = text(
+    "INSERT INTO webhook_events (id, tenant_id, event_type, payload)"
+    " VALUES (:id, :tenant_id, 'webhook.test', CAST('{}' AS jsonb))"
 )
 
 router = APIRouter(route_class=TransactionalRoute)
@@ -36,7 +34,7 @@ async def noop() -> dict[str, bool]:
 
 @router.get("/select")
 def select_one() -> dict[str, str]:
-    with tenant_session(TENANT_ID) as session:
+    with transaction(TENANT_ID) as session:
         row = session.execute(_SELECT, {"id": TENANT_ID}).one()
     return {"id": str(row.id), "name": row.name}
 
@@ -44,7 +42,7 @@ def select_one() -> dict[str, str]:
 @router.post("/insert")
 def insert_one() -> dict[str, str]:
     event_id = new_id()
-    with tenant_session(TENANT_ID) as session:
+    with transaction(TENANT_ID) as session:
         session.execute(_INSERT, {"id": event_id, "tenant_id": TENANT_ID})
     return {"id": str(event_id)}
 

@@ -226,7 +226,7 @@ def webhook_delivery(
 
     from sqlalchemy import delete
 
-    from app.config.database import tenant_session
+    from app.config.database import transaction
     from app.models import WebhookEndpoint
     from app.services.events import emit_event
     from tests.fakes.receiver import SubprocessWebhookReceiver
@@ -235,7 +235,7 @@ def webhook_delivery(
     secret = "whsec_" + __import__("base64").b64encode(secrets.token_bytes(32)).decode()
     receiver = SubprocessWebhookReceiver(secret=secret).start()
     try:
-        with tenant_session(tid) as session:
+        with transaction(tid) as session:
             session.execute(delete(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tid))
             session.add(
                 WebhookEndpoint(
@@ -249,7 +249,7 @@ def webhook_delivery(
             )
 
         def emit(first: int, count: int) -> float:
-            with tenant_session(tid) as session:
+            with transaction(tid) as session:
                 for n in range(first, first + count):
                     emit_event(session, tid, "webhook.test", {"n": n})
             return time.monotonic()

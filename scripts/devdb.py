@@ -13,8 +13,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg2
-from psycopg2 import sql
+import psycopg
+from psycopg import sql
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,22 +41,22 @@ def embedded_server_url(data_dir: Path = DATA_DIR / "pg") -> str:
     return str(server.get_uri())
 
 
-def _connect(url: str) -> psycopg2.extensions.connection:
+def _connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
     parsed = make_url(url)
-    conn = psycopg2.connect(
-        host=parsed.query.get("host") or parsed.host,
+    host = parsed.query.get("host") or parsed.host
+    return psycopg.connect(
+        host=host if isinstance(host, str) else None,
         port=parsed.port,
         user=parsed.username,
         password=parsed.password or None,
         dbname=parsed.database,
+        autocommit=True,
     )
-    conn.autocommit = True
-    return conn
 
 
 def _with(url: str, *, user: str, database: str) -> str:
     parsed = make_url(url).set(
-        drivername="postgresql+psycopg2", username=user, password=DEV_PASSWORD, database=database
+        drivername="postgresql+psycopg", username=user, password=DEV_PASSWORD, database=database
     )
     return parsed.render_as_string(hide_password=False)
 

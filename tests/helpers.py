@@ -139,7 +139,7 @@ def twilio_call_sid() -> str:
 
 def insert_ai_profile(tenant_id: uuid.UUID, **fields: Any) -> uuid.UUID:
     """Insert an AI profile through the app role (RLS applies) and return its id."""
-    from app.config.database import tenant_session
+    from app.config.database import transaction
     from app.models import AIProfile
 
     values: dict[str, Any] = {
@@ -150,7 +150,7 @@ def insert_ai_profile(tenant_id: uuid.UUID, **fields: Any) -> uuid.UUID:
         "voice": "en-US-Neural2-F",
     }
     values.update(fields)
-    with tenant_session(tenant_id) as session:
+    with transaction(tenant_id) as session:
         profile = AIProfile(tenant_id=tenant_id, **values)
         session.add(profile)
         session.flush()
@@ -165,11 +165,11 @@ def insert_phone_number(
     status: str = "active",
 ) -> tuple[uuid.UUID, str]:
     """Insert a phone number through the app role (RLS applies); returns (id, E.164 number)."""
-    from app.config.database import tenant_session
+    from app.config.database import transaction
     from app.models import PhoneNumber
 
     number = number or random_e164()
-    with tenant_session(tenant_id) as session:
+    with transaction(tenant_id) as session:
         row = PhoneNumber(
             tenant_id=tenant_id, number=number, ai_profile_id=ai_profile_id, status=status
         )
@@ -213,7 +213,7 @@ def create_number_and_profile(
 
 def insert_call(tenant_id: uuid.UUID, **fields: Any) -> uuid.UUID:
     """Insert a call through the app role (RLS applies) and return its id; fields override."""
-    from app.config.database import tenant_session
+    from app.config.database import transaction
     from app.models import Call
     from app.models.base import utcnow
 
@@ -229,7 +229,7 @@ def insert_call(tenant_id: uuid.UUID, **fields: Any) -> uuid.UUID:
     values.update(fields)
     if values["status"] == "in_progress" and "answered_at" not in fields:
         values["answered_at"] = values["started_at"] or utcnow()  # a talking call was answered
-    with tenant_session(tenant_id) as session:
+    with transaction(tenant_id) as session:
         call = Call(tenant_id=tenant_id, **values)
         session.add(call)
         session.flush()
@@ -238,10 +238,10 @@ def insert_call(tenant_id: uuid.UUID, **fields: Any) -> uuid.UUID:
 
 def insert_call_turn(tenant_id: uuid.UUID, call_id: uuid.UUID, **fields: Any) -> uuid.UUID:
     """Insert a transcript turn of `call_id` through the app role and return its id."""
-    from app.config.database import tenant_session
+    from app.config.database import transaction
     from app.models import CallTurn
 
-    with tenant_session(tenant_id) as session:
+    with transaction(tenant_id) as session:
         turn = CallTurn(tenant_id=tenant_id, call_id=call_id, **fields)
         session.add(turn)
         session.flush()
@@ -305,3 +305,20 @@ def parse_twiml(document: str) -> Any:
     root = ET.fromstring(document)  # noqa: S314 - the app under test produced it
     assert root.tag == "Response", document
     return root
+
+
+def twilio_urls() -> Any:
+    """The public URLs of the app's Twilio endpoints, as the request dependency builds them."""
+    from app.api.deps import _twilio_urls
+    from main import app
+
+    return _twilio_urls(app)
+
+
+def plan(name: str) -> Any:
+    """A plan of the catalogue (the `plans` table)."""
+    from app.config.database import transaction
+    from app.services.plans import PlanService
+
+    with transaction() as session:
+        return PlanService(session).get(name)

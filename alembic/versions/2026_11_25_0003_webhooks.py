@@ -11,12 +11,26 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
-from app.models.rls import enable_rls
 
 revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+# Row-level security as this revision created it (the policy of today: app/models/rls.py).
+def _enable_rls(table: str, column: str = "tenant_id") -> None:
+    predicate = (
+        f"{column} = NULLIF(current_setting('app.tenant_id', true), '')::uuid"
+        " OR current_setting('app.system', true) = 'on'"
+    )
+    op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+    op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+    op.execute(
+        f"CREATE POLICY tenant_isolation ON {table} FOR ALL"
+        f" USING ({predicate}) WITH CHECK ({predicate})"
+    )
+
 
 TABLES = (
     "webhook_endpoints",
@@ -239,8 +253,7 @@ def upgrade() -> None:
     )
 
     for table in TABLES:
-        for statement in enable_rls(table):
-            op.execute(statement)
+        _enable_rls(table)
 
 
 def downgrade() -> None:

@@ -6,7 +6,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from app.api.deps import Cursor, DbSession, Limit, TenantContext, TransactionalRoute, Writer
+from app.api.deps import (
+    Callbacks,
+    Cursor,
+    DbSession,
+    Limit,
+    TenantContext,
+    TransactionalRoute,
+    Writer,
+)
 from app.errors import NotFound, Unauthorized, error_responses
 from app.schemas.calls import (
     CallDetailOut,
@@ -25,7 +33,7 @@ from app.services.calls import (
     ProviderError,
 )
 from app.telephony.numbers import InvalidPhoneNumber
-from app.telephony.request import TelephonyNotConfigured
+from app.telephony.rest import TelephonyNotConfigured
 
 router = APIRouter(
     route_class=TransactionalRoute, prefix="/tenants/{tenant_id}/calls", tags=["calls"]
@@ -85,5 +93,7 @@ def get_call(call_id: uuid.UUID, session: DbSession, scope: TenantContext) -> Ca
     ),
     summary="Place an outbound call (returned queued; progress arrives by Twilio's callbacks)",
 )
-def create_outbound_call(data: OutboundCallCreate, session: DbSession, scope: Writer) -> CallOut:
-    return CallOut.model_validate(CallService(session, scope).create_outbound(data))
+def create_outbound_call(
+    data: OutboundCallCreate, session: DbSession, scope: Writer, urls: Callbacks
+) -> CallOut:
+    return CallOut.model_validate(CallService(session, scope).create_outbound(data, urls))

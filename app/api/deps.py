@@ -9,57 +9,58 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 import anyio
-from fastapi import Depends, Path, Query
+from fastapi import Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from app.config.database import get_session_factory, set_tenant_context
+from app.config.database import (
+    get_session_factory,
+    get_single_statement_session_factory,
+)
+from app.config.settings import settings
 from app.errors import Forbidden, NotFound, TenantSuspended, Unauthorized
-from app.models import Tenant
 from app.services.auth import authenticate
-from app.services.scope import Principal, Role, TenantScope
+from app.services.scope import Principal, Role, TenantScope, enter_tenant
+from app.telephony.urls import TwilioUrls
 
 
 async def get_db_session() -> AsyncIterator[Session]:
-    """One transaction per request: committed when the handler returns, rolled back on error.
+    """The request's session; its one transaction is committed by `TransactionalRoute`.
 
     Async on purpose: opening a session does no I/O (the connection is taken on first use), so it
-    needs no trip through the threadpool. A sync endpoint of a `TransactionalRoute` commits in its
-    own worker thread; anything else is committed (or rolled back) here in the threadpool,
-    shielded from cancellation so the connection always goes back to the pool.
+    needs no trip through the threadpool. A transaction still open here means the endpoint never
+    ran (a later dependency refused the request): it is rolled back in the threadpool, shielded
+    from cancellation so the connection always goes back to the pool.
     """
     session = get_session_factory()()
     try:
         yield session
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await run_in_threadpool(_rollback_and_close, session)
-        raise
-    if session.info.pop(_COMMITTED, False) and not session.in_transaction():
-        session.close()  # committed by the endpoint: the connection is back in the pool, no I/O
-        return
-    with anyio.CancelScope(shield=True):
-        await run_in_threadpool(_commit_and_close, session)
-
-
-_COMMITTED = "vca.committed_by_endpoint"
-
-
-def _commit_and_close(session: Session) -> None:
-    try:
-        session.commit()
     finally:
-        session.close()
+        if session.in_transaction():
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
-def _rollback_and_close(session: Session) -> None:
+async def get_single_statement_session() -> AsyncIterator[Session]:
+    """`get_db_session` for an endpoint that is one statement: no BEGIN/COMMIT round trips."""
+    session = get_single_statement_session_factory()()
     try:
-        session.rollback()
+        yield session
     finally:
-        session.close()
+        session.close()  # nothing is open: each statement committed on its own
+
+
+def _uses_session(dependant: Dependant) -> bool:
+    return any(
+        sub.call in (get_db_session, get_single_statement_session) or _uses_session(sub)
+        for sub in dependant.dependencies
+    )
 
 
 def _session_parameters(endpoint: Callable[..., Any]) -> list[str]:
@@ -72,14 +73,18 @@ def _session_parameters(endpoint: Callable[..., Any]) -> list[str]:
 
 
 def _in_worker_thread(endpoint: Callable[..., Any], names: list[str]) -> Callable[..., Any]:
-    """`endpoint` as a coroutine that runs it, and commits its sessions, in one worker thread."""
+    """`endpoint` as a coroutine that runs it, and commits its session, in one worker thread."""
 
     def run_and_commit(kwargs: dict[str, Any]) -> Any:
-        result = endpoint(**kwargs)
-        for name in names:
-            session: Session = kwargs[name]
-            session.commit()
-            session.info[_COMMITTED] = True
+        sessions: list[Session] = [kwargs[name] for name in names]
+        try:
+            result = endpoint(**kwargs)
+            for session in sessions:
+                session.commit()
+        except BaseException:
+            for session in sessions:
+                session.rollback()
+            raise
         return result
 
     @functools.wraps(endpoint)
@@ -91,24 +96,33 @@ def _in_worker_thread(endpoint: Callable[..., Any], names: list[str]) -> Callabl
 
 
 class TransactionalRoute(APIRoute):
-    """A route whose sync endpoint runs, and commits the request's transaction, in one worker
-    thread, and whose response is validated without another one.
+    """Every route: a sync endpoint runs, and the request's transaction commits (or rolls back),
+    in one worker thread; the one place a request's work is committed.
 
-    Same guarantee as committing in `get_db_session` (stored before the response is sent; a
-    failing commit is the request's error). FastAPI runs a sync endpoint in the threadpool and then
-    validates its return value in the threadpool again; the endpoint is handed to FastAPI as a
-    coroutine instead, so each request makes one trip (a trip costs 60-150 µs of CPU; a commit in
-    its own trip cost 0.2 ms in the benchmark). Every router uses it.
+    The commit comes before the response is sent (a 201 means stored; a failing commit is the
+    request's error). FastAPI would run a sync endpoint in the threadpool and then validate its
+    return value in the threadpool again; handed over as a coroutine, a request makes one trip
+    (a trip costs 60-150 µs of CPU). An endpoint whose dependencies use the request's session must
+    take it as a parameter (`DbSession`), so that it is committed: checked here, at import.
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        if not inspect.iscoroutinefunction(endpoint):
-            endpoint = _in_worker_thread(endpoint, _session_parameters(endpoint))
+        names = _session_parameters(endpoint)
+        if _uses_session(get_dependant(path=path, call=endpoint)):
+            if not names or inspect.iscoroutinefunction(endpoint):
+                raise TypeError(
+                    f"{endpoint.__qualname__}: a route using the database must be a sync "
+                    "function taking the request's session (DbSession), which it commits"
+                )
+            endpoint = _in_worker_thread(endpoint, names)
+        elif not inspect.iscoroutinefunction(endpoint):
+            endpoint = _in_worker_thread(endpoint, [])
         super().__init__(path, endpoint, **kwargs)
 
 
-# scope="function": the commit happens before the response is sent, so a 201 means it is stored.
+# scope="function": the session is closed before the response is sent.
 DbSession = Annotated[Session, Depends(get_db_session, scope="function")]
+SingleStatementSession = Annotated[Session, Depends(get_single_statement_session, scope="function")]
 
 
 bearer_scheme = HTTPBearer(
@@ -162,21 +176,7 @@ async def get_tenant_scope(
             tenant_status=principal.tenant_status,
             plan=principal.tenant_plan,
         )
-    return await run_in_threadpool(_bind_tenant, session, tenant_id, principal)
-
-
-def _bind_tenant(session: Session, tenant_id: uuid.UUID, principal: Principal) -> TenantScope:
-    """The platform admin acting in `tenant_id`: bind the transaction and read the tenant."""
-    set_tenant_context(session, tenant_id)
-    row = session.execute(_TENANT_STATE, {"tenant_id": tenant_id}).one_or_none()
-    if row is None:
-        raise NotFound("Tenant not found.")
-    return TenantScope(
-        tenant_id=tenant_id, principal=principal, tenant_status=row.status, plan=row.plan
-    )
-
-
-_TENANT_STATE = select(Tenant.status, Tenant.plan).where(Tenant.id == bindparam("tenant_id"))
+    return await run_in_threadpool(enter_tenant, session, principal, tenant_id)
 
 
 TenantContext = Annotated[TenantScope, Depends(get_tenant_scope, scope="function")]
@@ -192,6 +192,25 @@ async def require_writer(scope: TenantContext) -> TenantScope:
 
 
 Writer = Annotated[TenantScope, Depends(require_writer, scope="function")]
+
+
+async def get_twilio_urls(request: Request) -> TwilioUrls:
+    """The public URLs of our Twilio endpoints, from the app's routes (built once per app)."""
+    return _twilio_urls(request.app)
+
+
+@functools.cache
+def _twilio_urls(app: Any) -> TwilioUrls:
+    return TwilioUrls.from_paths(
+        settings.PUBLIC_BASE_URL or "",
+        voice=app.url_path_for("voice_webhook"),
+        status=app.url_path_for("status_callback"),
+        relay=app.url_path_for("conversation_relay"),
+        relay_action=app.url_path_for("relay_action"),
+    )
+
+
+Callbacks = Annotated[TwilioUrls, Depends(get_twilio_urls)]
 
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size (1-100).")]
 Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of the last page.")]

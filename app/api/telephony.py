@@ -6,8 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from app.api.deps import DbSession, TransactionalRoute
-from app.config.database import single_statement_session
+from app.api.deps import Callbacks, DbSession, SingleStatementSession, TransactionalRoute
 from app.errors import error_responses
 from app.services.telephony import EMPTY_TWIML, TelephonyService
 from app.telephony.request import InvalidTwilioSignature, TelephonyNotConfigured, TwilioForm
@@ -29,10 +28,9 @@ TWIML_RESPONSE: dict[int | str, dict[str, Any]] = {
     responses={**TWIML_RESPONSE, **error_responses(InvalidTwilioSignature, TelephonyNotConfigured)},
     summary="Twilio voice webhook: route the call by `To` and answer with TwiML",
 )
-def voice_webhook(form: TwilioForm) -> Response:
+def voice_webhook(form: TwilioForm, session: SingleStatementSession, urls: Callbacks) -> Response:
     # One statement (`answer_inbound_call`), so no transaction around it: one round trip.
-    with single_statement_session() as session:
-        twiml = TelephonyService(session).answer_voice(form)
+    twiml = TelephonyService(session, urls).answer_voice(form)
     return Response(content=twiml, media_type=TWIML_MEDIA_TYPE)
 
 
@@ -42,6 +40,6 @@ def voice_webhook(form: TwilioForm) -> Response:
     responses={**TWIML_RESPONSE, **error_responses(InvalidTwilioSignature, TelephonyNotConfigured)},
     summary="Twilio status callback: advance the call's state (idempotent, order-independent)",
 )
-def status_callback(form: TwilioForm, session: DbSession) -> Response:
-    TelephonyService(session).apply_status_callback(form)
+def status_callback(form: TwilioForm, session: DbSession, urls: Callbacks) -> Response:
+    TelephonyService(session, urls).apply_status_callback(form)
     return Response(content=EMPTY_TWIML, media_type=TWIML_MEDIA_TYPE)

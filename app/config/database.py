@@ -5,119 +5,40 @@ rows it may see with `set_config('app.tenant_id', …, true)`. The setting is tr
 pooled connection (or PgBouncer in transaction mode) never carries one tenant's context into another
 request. A transaction that sets nothing sees no tenant rows at all.
 
+Two ways to open a transaction, one for each kind of caller:
+- an HTTP request: the session of `app/api/deps.py` (`DbSession`), committed by the route;
+- everything else (the relay socket, the worker, the CLI): `transaction()`.
 Crossing tenants is possible only inside `system_scope()`, used by a short, pinned list of call sites
 (see tests/db/test_system_scope.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import Connection, ExecutionContext
-from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql.base import Executable
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from app.config.settings import settings
 
-# -- server-side prepared statements ------------------------------------------------------------
+# psycopg prepares a statement on the server once it has run this many times on a connection, and
+# then executes it on its cached plan (no parse, no RLS rewrite, no planning per request).
+PREPARE_THRESHOLD = 5
 
-_PREPARED_OPTION = "vca_prepared"
-_PREPARED_ON_CONNECTION = "vca.prepared"
-# A bound on the plans one connection keeps: only statements with a fixed text are marked, so the
-# set is small, but a statement whose text varied per call must not grow it without end.
-MAX_PREPARED_PER_CONNECTION = 256
-_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
-
-E = TypeVar("E", bound=Executable)
-
-
-def prepared(statement: E) -> E:
-    """Mark a statement of a hot path to run as a server-side prepared statement.
-
-    psycopg2 sends every statement as text, so PostgreSQL parses it, applies row-level security
-    and plans it again on every execution: on the voice webhook's path that was half of the
-    database's time. A marked statement is PREPAREd once per connection and then EXECUTEd on its
-    cached plan. Mark only statements built once whose SQL text does not change from call to
-    call (no IN lists of varying length). DATABASE_PREPARED_STATEMENTS=false turns it off.
-    """
-    return statement.execution_options(**{_PREPARED_OPTION: True})
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    name: str
-    definition: str
-    parameters: tuple[str, ...]
-
-    def execute(self, values: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
-        arguments = tuple(values[name] for name in self.parameters)
-        if not arguments:
-            return f"EXECUTE {self.name}", arguments
-        return f"EXECUTE {self.name}({', '.join(['%s'] * len(arguments))})", arguments
-
-
-@lru_cache(maxsize=1024)
-def _translate(sql: str) -> _Prepared:
-    """psycopg2's `%(name)s` placeholders become `$1`, `$2`… (a name used twice is one)."""
-    order: dict[str, int] = {}
-
-    def placeholder(match: re.Match[str]) -> str:
-        if match.group(1) is None:
-            return "%"  # `%%` was psycopg2's escape of a literal percent sign
-        return f"${order.setdefault(match.group(1), len(order) + 1)}"
-
-    body = _PLACEHOLDER.sub(placeholder, sql)
-    name = "vca_" + hashlib.sha1(sql.encode()).hexdigest()[:24]  # noqa: S324 - a name, not a MAC
-    return _Prepared(name, f"PREPARE {name} AS {body}", tuple(order))
-
-
-def _run_prepared(
-    conn: Connection,
-    cursor: Any,
-    statement: str,
-    parameters: Any,
-    context: ExecutionContext | None,
-    executemany: bool,
-) -> tuple[str, Any]:
-    """`before_cursor_execute`: swap a marked statement for EXECUTE of its prepared form.
-
-    PREPARE outlives the transaction it ran in (even one rolled back), so each connection
-    prepares a statement once; the record is dropped with the connection.
-    """
-    if (
-        executemany
-        or context is None
-        or not context.execution_options.get(_PREPARED_OPTION)
-        or not isinstance(parameters, dict)
-        or getattr(cursor, "name", None)  # a server-side cursor: DECLARE cannot take EXECUTE
-    ):
-        return statement, parameters
-    plan = _translate(statement)
-    done: set[str] = conn.connection.info.setdefault(_PREPARED_ON_CONNECTION, set())
-    if plan.name not in done:
-        if len(done) >= MAX_PREPARED_PER_CONNECTION:
-            return statement, parameters
-        cursor.execute(plan.definition)
-        done.add(plan.name)
-    return plan.execute(parameters)
-
-
-_SET_TENANT = prepared(text("SELECT set_config('app.tenant_id', :tenant_id, true)"))
+_SET_TENANT = text("SELECT set_config('app.tenant_id', :tenant_id, true)")
 _SET_SYSTEM = text("SELECT set_config('app.system', 'on', true)")
 _CLEAR_SYSTEM = text("SELECT set_config('app.system', '', true)")
+# Where a session remembers its tenant, so every transaction of it is bound (see `bind_tenant`).
+_TENANT_KEY = "vca.tenant_id"
 
 
 def build_engine(url: str, *, pool_size: int, prepared_statements: bool) -> Engine:
-    """An engine as the app uses it: pool sizing, no pre-ping, prepared hot statements."""
-    engine = create_engine(
+    """An engine as the app uses it: pool sizing, no pre-ping, server-side prepared statements."""
+    return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -125,11 +46,13 @@ def build_engine(url: str, *, pool_size: int, prepared_statements: bool) -> Engi
         # the pool (and that request answers 503), and recycling retires idle ones.
         pool_recycle=1800,
         pool_timeout=10,
-        connect_args={"connect_timeout": 3, "application_name": settings.APP_NAME},
+        connect_args={
+            "connect_timeout": 3,
+            "application_name": settings.APP_NAME,
+            # None: never prepare (PgBouncer in transaction mode before 1.21).
+            "prepare_threshold": PREPARE_THRESHOLD if prepared_statements else None,
+        },
     )
-    if prepared_statements:
-        event.listen(engine, "before_cursor_execute", _run_prepared, retval=True)
-    return engine
 
 
 @lru_cache(maxsize=1)
@@ -144,51 +67,61 @@ def get_engine() -> Engine:
 
 @lru_cache(maxsize=1)
 def get_session_factory() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), autoflush=False, expire_on_commit=False)
+    factory = sessionmaker(bind=get_engine(), autoflush=False, expire_on_commit=False)
+    event.listen(factory, "after_begin", _bind_new_transaction)
+    return factory
 
 
-def set_tenant_context(session: Session, tenant_id: uuid.UUID) -> None:
-    """Bind the current transaction to one tenant (bound parameter, transaction-local)."""
-    session.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
+@lru_cache(maxsize=1)
+def get_single_statement_session_factory() -> sessionmaker[Session]:
+    """Sessions whose every statement commits on its own (no BEGIN, no COMMIT round trips).
 
-
-@contextmanager
-def tenant_session(tenant_id: uuid.UUID) -> Iterator[Session]:
-    """One transaction that sees only `tenant_id`'s rows; commits on success, rolls back on error."""
-    with get_session_factory()() as session, session.begin():
-        set_tenant_context(session, tenant_id)
-        yield session
-
-
-@contextmanager
-def single_statement_session() -> Iterator[Session]:
-    """A session without a surrounding transaction: each statement commits on its own.
-
-    For work that is one statement (a SQL function doing all of it), BEGIN and COMMIT would be
-    two more round trips than the work itself. The connection goes back to the pool in its
-    usual transactional mode.
+    For work that is one statement (a SQL function doing all of it): the voice webhook. The
+    connection goes back to the pool in its usual transactional mode.
     """
-    with (
-        get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as connection,
-        Session(bind=connection, autoflush=False, expire_on_commit=False) as session,
-    ):
+    engine = get_engine().execution_options(isolation_level="AUTOCOMMIT")
+    return sessionmaker(bind=engine, autoflush=False, expire_on_commit=False)
+
+
+def bind_tenant(session: Session, tenant_id: uuid.UUID, *, bound_by_sql: bool = False) -> None:
+    """Bind `session` to one tenant: its current transaction and every later one.
+
+    `bound_by_sql`: a SQL function of the current statement already set `app.tenant_id` (the
+    cross-tenant lookups do, to save a round trip); only later transactions need it set.
+    """
+    session.info[_TENANT_KEY] = tenant_id
+    if not bound_by_sql:
+        session.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
+
+
+def _bind_new_transaction(session: Session, _: SessionTransaction, connection: Connection) -> None:
+    """`after_begin`: a session bound to a tenant stays bound after a commit (outbound calls
+    commit their reservation before they call Twilio)."""
+    tenant_id = session.info.get(_TENANT_KEY)
+    if tenant_id is not None:
+        connection.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
+
+
+@contextmanager
+def transaction(tenant_id: uuid.UUID | None = None) -> Iterator[Session]:
+    """One transaction outside an HTTP request: committed on success, rolled back on error.
+
+    Bound to `tenant_id` when given; without it, it sees no tenant rows until `bind_tenant` or a
+    `system_scope` says otherwise.
+    """
+    with get_session_factory()() as session, session.begin():
+        if tenant_id is not None:
+            bind_tenant(session, tenant_id)
         yield session
 
 
 @contextmanager
-def system_scope(session: Session | None = None) -> Iterator[Session]:
-    """A stretch of work allowed to cross tenants.
+def system_scope(session: Session) -> Iterator[Session]:
+    """A stretch of `session`'s transaction allowed to cross tenants.
 
     Only for: resolving an API key, routing an inbound number, resolving a Twilio CallSid, the
     worker's claim loop, and the platform admin's tenant list/create. Anything else is tenant-scoped.
-    Given a session, the scope covers only the `with` block inside that session's transaction;
-    without one, it is a transaction of its own.
     """
-    if session is None:
-        with get_session_factory()() as own, own.begin():
-            own.execute(_SET_SYSTEM)
-            yield own
-        return
     session.execute(_SET_SYSTEM)
     try:
         yield session
@@ -197,10 +130,3 @@ def system_scope(session: Session | None = None) -> Iterator[Session]:
             # An aborted transaction refuses the reset; its rollback clears the setting anyway.
             with suppress(Exception):
                 session.execute(_CLEAR_SYSTEM)
-
-
-@contextmanager
-def unscoped_session() -> Iterator[Session]:
-    """A transaction with no tenant context: it sees no tenant rows (used for health checks)."""
-    with get_session_factory()() as session, session.begin():
-        yield session

@@ -59,9 +59,8 @@ class Settings(BaseSettings):
     DATABASE_URL: str
     MIGRATION_DATABASE_URL: str | None = None
     DATABASE_POOL_SIZE: int = Field(default=10, ge=1, le=200)
-    # Server-side prepared statements for the hot paths (app/config/database.py); off behind a
-    # pooler that hands one client's statements to several server connections (PgBouncer in
-    # transaction mode).
+    # psycopg's server-side prepared statements (app/config/database.py); off behind a pooler
+    # that hands one client's statements to several server connections (PgBouncer before 1.21).
     DATABASE_PREPARED_STATEMENTS: bool = True
     ADMIN_API_KEY: str = Field(min_length=32)
     PUBLIC_BASE_URL: str | None = None
@@ -86,9 +85,10 @@ class Settings(BaseSettings):
             url = make_url(value)
         except Exception as exc:
             raise ValueError("is not a valid database URL") from exc
-        if not url.drivername.startswith("postgresql"):
-            raise ValueError("must be a PostgreSQL URL (postgresql+psycopg2://user:pass@host/db)")
-        return value
+        if url.drivername.split("+")[0] not in ("postgresql", "postgres"):
+            raise ValueError("must be a PostgreSQL URL (postgresql://user:pass@host/db)")
+        # The app speaks psycopg 3 whatever driver the URL names (psycopg2's URLs keep working).
+        return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
     @field_validator("PUBLIC_BASE_URL", "TWILIO_API_BASE_URL", "LLM_BASE_URL")
     @classmethod

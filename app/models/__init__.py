@@ -6,6 +6,7 @@ from app.models.base import Base
 from app.models.call import Call
 from app.models.call_turn import CallTurn
 from app.models.phone_number import PhoneNumber
+from app.models.plan import Plan
 from app.models.tenant import Tenant
 from app.models.usage_record import UsageRecord
 from app.models.webhook_delivery import WebhookDelivery
@@ -20,6 +21,7 @@ __all__ = [
     "Call",
     "CallTurn",
     "PhoneNumber",
+    "Plan",
     "Tenant",
     "UsageRecord",
     "WebhookDelivery",

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     CheckConstraint,
@@ -16,21 +17,38 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TenantOwned
 
-# Calls that occupy a line (the plan's concurrent-call limit), by how their age is measured.
-RINGING_STATUSES = ("queued", "ringing")
-TALKING_STATUS = "in_progress"
 
-CALL_STATUSES = (
-    "queued",
-    "ringing",
-    "in_progress",
-    "completed",
-    "busy",
-    "no_answer",
-    "failed",
-    "canceled",
-    "rejected",
-)
+class CallStatus(StrEnum):
+    """A call's status: the one vocabulary of the model, the API, the services and migrations."""
+
+    queued = "queued"
+    ringing = "ringing"
+    in_progress = "in_progress"
+    completed = "completed"
+    busy = "busy"
+    no_answer = "no_answer"
+    failed = "failed"
+    canceled = "canceled"
+    rejected = "rejected"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in _LIVE
+
+    @property
+    def rank(self) -> int:
+        """A call only moves forward: queued < ringing < in_progress < any terminal status."""
+        return _LIVE.index(self) if self in _LIVE else len(_LIVE)
+
+
+_LIVE = (CallStatus.queued, CallStatus.ringing, CallStatus.in_progress)
+# Calls that hold a line (the plan's concurrent-call limit), by how their age is measured.
+RINGING_STATUSES = (CallStatus.queued, CallStatus.ringing)
+TERMINAL_STATUSES = frozenset(status for status in CallStatus if status.is_terminal)
+
+
+def _in(statuses: tuple[CallStatus, ...]) -> str:
+    return "status IN (" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
 
 
 class Call(TenantOwned, Base):
@@ -38,12 +56,11 @@ class Call(TenantOwned, Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "id"),
         CheckConstraint("direction IN ('inbound', 'outbound')", name="direction"),
-        CheckConstraint(
-            "status IN (" + ", ".join(f"'{s}'" for s in CALL_STATUSES) + ")", name="status"
-        ),
+        CheckConstraint(_in(tuple(CallStatus)), name="status"),
         # A call talking since when: what its line is counted by (see the index below).
         CheckConstraint(
-            f"status <> '{TALKING_STATUS}' OR answered_at IS NOT NULL", name="talking_answered"
+            f"status <> '{CallStatus.in_progress.value}' OR answered_at IS NOT NULL",
+            name="talking_answered",
         ),
         ForeignKeyConstraint(
             ["tenant_id", "phone_number_id"], ["phone_numbers.tenant_id", "phone_numbers.id"]
@@ -65,20 +82,20 @@ class Call(TenantOwned, Base):
             "ix_calls_tenant_id_ringing_since",
             "tenant_id",
             "created_at",
-            postgresql_where=text("status IN ('queued', 'ringing')"),
+            postgresql_where=text(_in(RINGING_STATUSES)),
         ),
         Index(
             "ix_calls_tenant_id_talking_since",
             "tenant_id",
             "answered_at",
-            postgresql_where=text("status = 'in_progress'"),
+            postgresql_where=text(f"status = '{CallStatus.in_progress.value}'"),
         ),
     )
 
     phone_number_id: Mapped[uuid.UUID | None]
     ai_profile_id: Mapped[uuid.UUID | None]
     direction: Mapped[str] = mapped_column(String(10))
-    status: Mapped[str] = mapped_column(String(20))
+    status: Mapped[CallStatus] = mapped_column(String(20))
     from_number: Mapped[str] = mapped_column(String(32))
     to_number: Mapped[str] = mapped_column(String(32))
     provider_call_sid: Mapped[str | None] = mapped_column(String(64), unique=True)

@@ -7,19 +7,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from app.models.call import CallStatus
 from app.schemas.common import RequestModel, ResponseModel
 
-CallStatus = Literal[
-    "queued",
-    "ringing",
-    "in_progress",
-    "completed",
-    "busy",
-    "no_answer",
-    "failed",
-    "canceled",
-    "rejected",
-]
 CallDirection = Literal["inbound", "outbound"]
 
 

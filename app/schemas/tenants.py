@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
 
-from app.plans import PlanName
 from app.schemas.common import RequestModel, ResponseModel
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"
+# A plan's name; which plans exist is the `plans` table's to say (GET /api/v1/plans).
+PlanName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,19}$", examples=["starter"])]
 
 
 def _iana_timezone(value: str) -> str:
@@ -28,7 +29,7 @@ TenantStatus = Annotated[str, Field(pattern="^(active|suspended)$")]
 class TenantCreate(RequestModel):
     name: str = Field(min_length=1, max_length=200, examples=["Acme Dental"])
     slug: str = Field(pattern=SLUG_PATTERN, examples=["acme-dental"])
-    plan: PlanName = PlanName.free
+    plan: PlanName = "free"
     timezone: Timezone = "UTC"
 
 
@@ -45,7 +46,7 @@ class TenantOut(ResponseModel):
     id: uuid.UUID
     name: str
     slug: str
-    plan: PlanName
+    plan: str
     status: str
     timezone: str
     created_at: datetime

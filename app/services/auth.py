@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from app.config.database import prepared
+from app.config.database import bind_tenant
 from app.config.settings import settings
 from app.models.base import utcnow
 from app.security import constant_time_equals, hash_key, parse_prefix
@@ -21,7 +21,7 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 _AUTHENTICATE_ROW = func.authenticate_api_key(
     bindparam("prefix"), bindparam("key_hash"), bindparam("now"), bindparam("touch_before")
 ).table_valued("key_id", "tenant_id", "role", "tenant_status", "tenant_plan")
-_AUTHENTICATE = prepared(select(*_AUTHENTICATE_ROW.c))
+_AUTHENTICATE = select(*_AUTHENTICATE_ROW.c)
 
 
 def authenticate(session: Session, presented: str) -> Principal | None:
@@ -47,6 +47,7 @@ def authenticate(session: Session, presented: str) -> Principal | None:
     ).one_or_none()
     if row is None:
         return None
+    bind_tenant(session, row.tenant_id, bound_by_sql=True)
     return Principal(
         role=Role(row.role),
         tenant_id=row.tenant_id,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, String, Table, Uuid, bindparam, select
+from sqlalchemy import ColumnElement, String, Table, Uuid, func, literal, select
 from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
@@ -24,35 +24,25 @@ from app.errors import (
 )
 from app.models import AIProfile, Call, CallTurn, PhoneNumber
 from app.models.base import utcnow
-from app.plans import get_plan
+from app.models.call import CallStatus
 from app.schemas.calls import CallFilters, OutboundCallCreate
-from app.services.pagination import PageResult, PageStatements, page_statements, run_page
-from app.services.scope import (
-    TenantScope,
-    get_scoped,
-    lock_tenant,
-    scope_param_filter,
-    scope_params,
-)
+from app.services.pagination import PageResult, paginate
+from app.services.scope import TenantScope, get_scoped, lock_tenant, tenant_filter
 from app.services.telephony import (
     REJECT_CONCURRENCY_LIMIT,
     REJECT_MINUTES_EXHAUSTED,
     REJECT_TENANT_SUSPENDED,
-    STATUS_PATH,
-    TURNS_OF_CALL,
-    VOICE_PATH,
     call_limit_violation,
-    resolve_ai_profile,
+    turns_of_call,
 )
 from app.telephony.numbers import normalize_e164
-from app.telephony.request import require_telephony
-from app.telephony.rest import TwilioAPIError, TwilioRest
-from app.telephony.signature import public_url
+from app.telephony.rest import TwilioAPIError, TwilioRest, require_telephony
+from app.telephony.urls import TwilioUrls
 
 logger = logging.getLogger("vca.calls")
 
 STATUS_CALLBACK_EVENTS = ["initiated", "ringing", "answered", "completed"]
-# Bounds how long an outbound create holds the tenant lock while Twilio answers.
+# Bounds how long an outbound create waits for Twilio's answer (no lock is held meanwhile).
 TWILIO_TIMEOUT_SECONDS = 8.0
 # A line frees up when a call ends; calls last minutes, so a short wait is the useful hint.
 CONCURRENCY_RETRY_AFTER_SECONDS = 30
@@ -90,43 +80,45 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-# The list's filters, each a condition on a bound parameter of its own name.
-_FILTERS: dict[str, ColumnElement[bool]] = {
-    "status": Call.status == bindparam("status"),
-    "direction": Call.direction == bindparam("direction"),
-    "phone_number_id": Call.phone_number_id == bindparam("phone_number_id"),
-    "ai_profile_id": Call.ai_profile_id == bindparam("ai_profile_id"),
-    "started_after": Call.started_at >= bindparam("started_after"),
-    "started_before": Call.started_at < bindparam("started_before"),
+# The list's filters: the condition each puts on its value.
+_FILTERS: dict[str, Callable[[Any], ColumnElement[bool]]] = {
+    "status": lambda value: Call.status == value,
+    "direction": lambda value: Call.direction == value,
+    "phone_number_id": lambda value: Call.phone_number_id == value,
+    "ai_profile_id": lambda value: Call.ai_profile_id == value,
+    "started_after": lambda value: Call.started_at >= _utc(value),
+    "started_before": lambda value: Call.started_at < _utc(value),
 }
 
 
 def _as_sent(column: ColumnElement[Any]) -> ColumnElement[Any]:
-    """A UUID column read as its text, which is what a page sends: psycopg2 turns each UUID into
-    a Python object in Python code, 84 of them per page (8% of the list's time)."""
+    """A UUID column read as its text, which is what a page sends: the driver would turn each
+    UUID into a Python object only for the response to turn it back (84 per page)."""
     if isinstance(column.type, Uuid):
         return cast_(column, String).label(column.key)
     return column
 
 
-@lru_cache(maxsize=2 ** len(_FILTERS))  # every subset, in `_FILTERS` order
-def _call_pages(filters: tuple[str, ...]) -> PageStatements:
-    """The list's statements for one combination of filters (in `_FILTERS` order)."""
-    statement = select(*(_as_sent(column) for column in cast(Table, Call.__table__).c)).where(
-        scope_param_filter(Call)
+_CALL_COLUMNS = tuple(_as_sent(column) for column in cast(Table, Call.__table__).c)
+
+
+@lru_cache(maxsize=4)
+def _twilio(account_sid: str, auth_token: str, api_base_url: str | None) -> TwilioRest:
+    return TwilioRest(
+        account_sid=account_sid,
+        auth_token=auth_token,
+        api_base_url=api_base_url,
+        timeout_seconds=TWILIO_TIMEOUT_SECONDS,
     )
-    for name in filters:
-        statement = statement.where(_FILTERS[name])
-    return page_statements(statement, Call)
 
 
 def twilio_client() -> TwilioRest:
-    """A Twilio REST client from the settings (the caller has checked telephony is configured)."""
-    return TwilioRest(
-        account_sid=settings.TWILIO_ACCOUNT_SID or "",
-        auth_token=settings.TWILIO_AUTH_TOKEN or "",
-        api_base_url=settings.TWILIO_API_BASE_URL,
-        timeout_seconds=TWILIO_TIMEOUT_SECONDS,
+    """The process's one Twilio REST client (its connection pool is shared by every request);
+    the caller has checked that telephony is configured."""
+    return _twilio(
+        settings.TWILIO_ACCOUNT_SID or "",
+        settings.TWILIO_AUTH_TOKEN or "",
+        settings.TWILIO_API_BASE_URL,
     )
 
 
@@ -138,32 +130,26 @@ class CallService:
     def list(self, filters: CallFilters, *, limit: int, cursor: str | None) -> PageResult[Any]:
         """One page of the tenant's calls (a dict of every column of `calls` each) matching every
         given filter, newest first."""
-        given = {
-            name: _utc(value) if isinstance(value, datetime) else value
-            for name in _FILTERS
-            if (value := getattr(filters, name)) is not None
-        }
-        return run_page(
-            self.session,
-            _call_pages(tuple(given)),
-            scope_params(self.scope, **given),
-            limit=limit,
-            cursor=cursor,
-            as_dicts=True,
-        )
+        statement = select(*_CALL_COLUMNS).where(tenant_filter(Call, self.scope))
+        for name, condition in _FILTERS.items():
+            if (value := getattr(filters, name)) is not None:
+                statement = statement.where(condition(value))
+        return paginate(self.session, statement, Call, limit=limit, cursor=cursor, as_dicts=True)
 
     def get(self, call_id: uuid.UUID) -> tuple[Call, Sequence[CallTurn]]:
         """The call and its transcript turns by seq (two queries), or 404 (also another tenant's)."""
         call = get_scoped(self.session, Call, self.scope, call_id, what="Call")
-        turns = list(self.session.scalars(TURNS_OF_CALL, scope_params(self.scope, call_id=call.id)))
-        return call, turns
+        return call, turns_of_call(self.session, self.scope, call.id)
 
-    def create_outbound(self, data: OutboundCallCreate) -> Call:
+    def create_outbound(self, data: OutboundCallCreate, urls: TwilioUrls) -> Call:
         """Place a call through Twilio from one of the tenant's numbers; the call is `queued`.
 
-        The plan's limits are checked under the tenant row lock, held until the call row is
-        committed, so concurrent creates never exceed the concurrent-call limit. If Twilio refuses
-        (502 provider_error) the exception rolls the transaction back: no call row remains.
+        The plan's limits are checked under the tenant row lock and the call row is committed at
+        once (the reservation counts against the limit), so concurrent creates never exceed the
+        concurrent-call limit, and Twilio's answer (up to its timeout) is awaited with no lock
+        held: inbound calls of the tenant are admitted meanwhile. The one service method that
+        commits, for that reason. If Twilio refuses (502 provider_error) the reservation is
+        deleted: no call row remains.
         """
         require_telephony()
         to = normalize_e164(data.to, field="to")
@@ -173,14 +159,41 @@ class CallService:
         if number.status != "active":
             raise PhoneNumberInactive()
         if data.ai_profile_id is not None:
-            profile: AIProfile | None = get_scoped(
+            profile = get_scoped(
                 self.session, AIProfile, self.scope, data.ai_profile_id, what="AI profile"
             )
         else:
-            profile = resolve_ai_profile(self.session, self.scope, number.ai_profile_id)
-        if profile is None:
-            raise NoAIProfile()
+            profile_id = self.session.scalar(
+                select(
+                    func.answering_profile(
+                        self.scope.tenant_id, cast_(literal(number.ai_profile_id), Uuid)
+                    )
+                )
+            )
+            if profile_id is None:
+                raise NoAIProfile()
+            profile = get_scoped(self.session, AIProfile, self.scope, profile_id, what="AI profile")
 
+        call = self._reserve(number, profile, to)
+        self.session.commit()  # releases the tenant lock
+        try:
+            call.provider_call_sid = twilio_client().create_call(
+                to=to,
+                from_=number.number,
+                url=urls.voice,
+                status_callback=urls.status,
+                status_callback_events=STATUS_CALLBACK_EVENTS,
+            )
+        except TwilioAPIError as exc:
+            logger.warning("Twilio refused an outbound call", extra={"error": str(exc)})
+            self.session.delete(call)
+            self.session.commit()
+            raise ProviderError(f"Twilio: {exc.message}") from exc
+        self.session.flush()
+        return call
+
+    def _reserve(self, number: PhoneNumber, profile: AIProfile, to: str) -> Call:
+        """The new `queued` call, if the plan admits it now (checked under the tenant lock)."""
         tenant = lock_tenant(self.session, self.scope.tenant_id)
         if tenant is None:
             raise NotFound("Tenant not found.")
@@ -188,39 +201,23 @@ class CallService:
         if reason == REJECT_TENANT_SUSPENDED:
             raise TenantSuspended()
         if reason == REJECT_CONCURRENCY_LIMIT:
-            plan = get_plan(tenant.plan)
             raise ConcurrencyLimitReached(
-                f"The {plan.name.value} plan allows {plan.max_concurrent_calls} concurrent call(s).",
+                f"The {tenant.plan} plan's concurrent-call limit is reached.",
                 headers={"Retry-After": str(CONCURRENCY_RETRY_AFTER_SECONDS)},
             )
         if reason == REJECT_MINUTES_EXHAUSTED:
             raise MinutesExhausted()
-
         call = Call(
             tenant_id=self.scope.tenant_id,
             phone_number_id=number.id,
             ai_profile_id=profile.id,
             direction="outbound",
-            status="queued",
+            status=CallStatus.queued,
             from_number=number.number,
             to_number=to,
             started_at=utcnow(),
             billable_minutes=0,
         )
         self.session.add(call)
-        self.session.flush()
-
-        base = settings.PUBLIC_BASE_URL or ""
-        try:
-            call.provider_call_sid = twilio_client().create_call(
-                to=to,
-                from_=number.number,
-                url=public_url(base, VOICE_PATH, ""),
-                status_callback=public_url(base, STATUS_PATH, ""),
-                status_callback_events=STATUS_CALLBACK_EVENTS,
-            )
-        except TwilioAPIError as exc:
-            logger.warning("Twilio refused an outbound call", extra={"error": str(exc)})
-            raise ProviderError(f"Twilio: {exc.message}") from exc
         self.session.flush()
         return call

@@ -20,7 +20,6 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.config.database import prepared
 from app.models.base import new_id, utcnow
 
 EVENT_TYPES = ("call.started", "call.ended", "usage.threshold_reached", "webhook.test")
@@ -32,8 +31,7 @@ _NOTIFY = text("SELECT pg_notify(:channel, '')")
 # Plain SQL, two round trips per event: emit_event sits on hot paths (a call's status callback).
 # The first writes the event and returns the endpoints to deliver it to (enabled, and subscribed
 # to the type, an empty list meaning all types; or just the one named).
-_INSERT_EVENT = prepared(
-    text("""
+_INSERT_EVENT = text("""
 WITH event AS (
     INSERT INTO webhook_events (id, tenant_id, event_type, payload, created_at, updated_at)
     VALUES (:event_id, :tenant_id, :event_type, CAST(:payload AS jsonb), :now, :now)
@@ -45,7 +43,6 @@ WHERE tenant_id = :tenant_id AND enabled
            ELSE id = CAST(:endpoint_id AS uuid) END
 ORDER BY id
 """)
-)
 # The second writes one delivery per endpoint and wakes the workers (at commit).
 _INSERT_DELIVERIES = text("""
 WITH inserted AS (

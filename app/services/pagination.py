@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, bindparam, tuple_
+from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import Session
 
-from app.config.database import prepared
 from app.errors import InvalidInput
 
 T = TypeVar("T")
@@ -46,49 +45,27 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidCursor() from exc
 
 
-@dataclass(frozen=True)
-class PageStatements:
-    """A list's statement in keyset order, as the first page and as the pages after a cursor.
-
-    Built once with bound parameters (`page_limit`; `after_created_at`, `after_id` for a cursor)
-    and run as prepared statements: a page then costs neither building nor planning a query.
-    """
-
-    first: Select[Any]
-    after: Select[Any]
-
-
-def page_statements(statement: Select[Any], model: Any) -> PageStatements:
-    ordered = statement.order_by(model.created_at.desc(), model.id.desc()).limit(
-        bindparam("page_limit")
-    )
-    after = ordered.where(
-        tuple_(model.created_at, model.id)
-        < tuple_(bindparam("after_created_at"), bindparam("after_id"))
-    )
-    return PageStatements(first=prepared(ordered), after=prepared(after))
-
-
-def run_page(
+def paginate(
     session: Session,
-    statements: PageStatements,
-    params: dict[str, Any],
+    statement: Select[Any],
+    model: Any,
     *,
     limit: int,
     cursor: str | None,
     as_dicts: bool = False,
 ) -> PageResult[Any]:
-    """One page, newest first, plus the next cursor.
+    """One page of `statement` (already tenant-filtered), newest first, plus the next cursor.
 
-    `as_dicts`: the statements select columns, and the page holds each row as a dict of them
+    `as_dicts`: the statement selects columns, and the page holds each row as a dict of them
     (for a response model to read: pydantic validates a dict twice as fast as attributes).
     """
-    params = {**params, "page_limit": limit + 1}
-    statement = statements.first
+    statement = statement.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
     if cursor:
-        params["after_created_at"], params["after_id"] = decode_cursor(cursor)
-        statement = statements.after
-    result = session.execute(statement, params)
+        after_created_at, after_id = decode_cursor(cursor)
+        statement = statement.where(
+            tuple_(model.created_at, model.id) < tuple_(after_created_at, after_id)
+        )
+    result = session.execute(statement)
     items: list[Any]
     if as_dicts:
         keys = tuple(result.keys())
@@ -105,18 +82,3 @@ def run_page(
             else encode_cursor(last.created_at, last.id)
         )
     return PageResult(items=items, next_cursor=next_cursor)
-
-
-def paginate(
-    session: Session,
-    statement: Select[Any],
-    model: Any,
-    *,
-    limit: int,
-    cursor: str | None,
-) -> PageResult[Any]:
-    """One page of `statement` (already tenant-filtered), newest first, plus the next cursor.
-
-    Built per request; a list that is read often prebuilds its `page_statements` instead.
-    """
-    return run_page(session, page_statements(statement, model), {}, limit=limit, cursor=cursor)

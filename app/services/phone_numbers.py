@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from app.errors import Conflict, InvalidInput, PlanLimitReached
 from app.models import AIProfile, Call, PhoneNumber
-from app.plans import get_plan
 from app.schemas.phone_numbers import PhoneNumberCreate, PhoneNumberUpdate
 from app.services.pagination import PageResult, paginate
+from app.services.plans import PlanService
 from app.services.scope import TenantScope, get_scoped, lock_tenant, scoped, tenant_filter
 from app.telephony.numbers import normalize_e164
 
@@ -49,14 +49,14 @@ class PhoneNumberService:
         """
         number = normalize_e164(data.number, region=data.region)
         self._check_profile(data.ai_profile_id)
-        lock_tenant(self.session, self.scope.tenant_id)
-        plan = get_plan(self.scope.plan)
+        tenant = lock_tenant(self.session, self.scope.tenant_id)
+        plan = PlanService(self.session).get(tenant.plan if tenant else self.scope.plan)
         count = self.session.scalar(
             select(func.count()).select_from(scoped(PhoneNumber, self.scope).subquery())
         )
         if (count or 0) >= plan.max_phone_numbers:
             raise PlanLimitReached(
-                f"The {plan.name.value} plan allows {plan.max_phone_numbers} phone number(s)."
+                f"The {plan.name} plan allows {plan.max_phone_numbers} phone number(s)."
             )
         row = PhoneNumber(
             tenant_id=self.scope.tenant_id,

@@ -19,14 +19,14 @@ from typing import Any, cast
 from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
-from app.config.database import get_session_factory, tenant_session
+from app.config.database import transaction
 from app.llm.agent import ConversationEntry
 from app.models import AIProfile, Call, CallTurn, Tenant
 from app.models.base import new_id, utcnow
-from app.schemas.calls import CallOut
+from app.models.call import CallStatus
 from app.services.events import emit_event
-from app.services.scope import TenantScope, get_scoped, scope_params, scoped
-from app.services.telephony import TURNS_OF_CALL, bind_call_sid, telephony_scope
+from app.services.scope import TenantScope, get_scoped, scoped
+from app.services.telephony import bind_call_sid, call_payload, telephony_scope, turns_of_call
 from app.telephony import twiml
 
 logger = logging.getLogger("vca.relay")
@@ -35,7 +35,7 @@ _INSERT_TURNS = insert(cast(Table, CallTurn.__table__))
 
 # A session may (re)attach to a call that Twilio is still connecting or that is already live
 # (a WebSocket reconnect); a finished call never comes back to life.
-BINDABLE_STATUSES = ("queued", "ringing", "in_progress")
+BINDABLE_STATUSES = (CallStatus.queued, CallStatus.ringing, CallStatus.in_progress)
 
 
 class RelayBindError(Exception):
@@ -138,13 +138,13 @@ class RelayService:
             transfer_number=profile_row.transfer_number,
         )
 
-        turns = self.session.scalars(TURNS_OF_CALL, scope_params(self.scope, call_id=call.id)).all()
+        turns = turns_of_call(self.session, self.scope, call.id)
         # A status callback may have marked the call answered before Twilio opened the socket
         # (outbound calls): the first session is recognised by an empty transcript instead.
-        resumed = call.status == "in_progress" and bool(turns)
+        resumed = call.status == CallStatus.in_progress and bool(turns)
         now = utcnow()
-        if call.status != "in_progress":
-            call.status = "in_progress"
+        if call.status != CallStatus.in_progress:
+            call.status = CallStatus.in_progress
             call.started_at = call.started_at or now
         call.answered_at = call.answered_at or now
         self.session.flush()
@@ -153,7 +153,7 @@ class RelayService:
                 self.session,
                 self.scope.tenant_id,
                 "call.started",
-                {"call": CallOut.model_validate(call).model_dump(mode="json")},
+                {"call": call_payload(call)},
             )
 
         history = [
@@ -280,7 +280,7 @@ def _call_sid_transaction(call_sid: str) -> Iterator[tuple[Session, TenantScope]
     Twilio names a call only by its CallSid, so the owner is found through the pinned
     cross-tenant lookup (`bind_call_sid`), which binds the transaction to that tenant.
     """
-    with get_session_factory()() as session, session.begin():
+    with transaction() as session:
         tenant_id = bind_call_sid(session, call_sid) if 0 < len(call_sid) <= 64 else None
         tenant = session.get(Tenant, tenant_id) if tenant_id is not None else None
         yield (session, telephony_scope(tenant)) if tenant is not None else None
@@ -302,13 +302,13 @@ def store_transcript(
     scope: TenantScope, call_id: uuid.UUID, changes: Sequence[TranscriptChange]
 ) -> None:
     """Apply transcript changes, in order, in one transaction of their own."""
-    with tenant_session(scope.tenant_id) as session:
+    with transaction(scope.tenant_id) as session:
         RelayService(session, scope).apply(call_id, changes)
 
 
 def store_summary(scope: TenantScope, call_id: uuid.UUID, summary: str) -> None:
     """Store the post-call summary in its own transaction."""
-    with tenant_session(scope.tenant_id) as session:
+    with transaction(scope.tenant_id) as session:
         RelayService(session, scope).store_summary(call_id, summary)
 
 

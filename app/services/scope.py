@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Select, bindparam, select
+from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import Session
 
-from app.config.database import prepared
+from app.config.database import bind_tenant
 from app.errors import NotFound
 from app.models.tenant import Tenant
 
@@ -64,32 +64,10 @@ def tenant_filter(model: Any, tenant: TenantScope | uuid.UUID) -> ColumnElement[
     return cast("ColumnElement[bool]", column == tenant_id)
 
 
-def scoped(model: type[M], scope: TenantScope) -> Select[M]:
-    """`SELECT model WHERE tenant_id = scope.tenant_id`: the start of every tenant-owned query."""
+def scoped(model: type[M], scope: TenantScope | uuid.UUID) -> Select[M]:
+    """`SELECT model WHERE tenant_id = <tenant>`: the start of every tenant-owned query (a tenant
+    id where Twilio's request found the tenant, a scope everywhere else)."""
     return select(model).where(tenant_filter(model, scope))
-
-
-SCOPE_PARAM = "scope_tenant_id"
-
-
-def scoped_template(model: type[M]) -> Select[M]:
-    """`scoped()` for a statement built once at import and run with `scope_params(scope)`.
-
-    Hot paths (Twilio's webhooks, authentication) reuse one statement object: SQLAlchemy then
-    skips building the expression and its cache key on every request.
-    """
-    return select(model).where(scope_param_filter(model))
-
-
-def scope_param_filter(model: Any) -> ColumnElement[bool]:
-    """`tenant_filter()` for a prebuilt statement: the tenant comes from `scope_params()`."""
-    column: Any = model.tenant_id
-    return cast("ColumnElement[bool]", column == bindparam(SCOPE_PARAM))
-
-
-def scope_params(scope: TenantScope | uuid.UUID, **params: Any) -> dict[str, Any]:
-    tenant_id = scope if isinstance(scope, uuid.UUID) else scope.tenant_id
-    return {SCOPE_PARAM: tenant_id, **params}
 
 
 def get_scoped(
@@ -97,7 +75,7 @@ def get_scoped(
 ) -> M:
     """The row `row_id` of the scope's tenant, or NotFound (also for another tenant's row)."""
     row = session.scalars(
-        prepared(scoped(model, scope).where(model.id == row_id))  # type: ignore[attr-defined]
+        scoped(model, scope).where(model.id == row_id)  # type: ignore[attr-defined]
     ).one_or_none()
     if row is None:
         raise NotFound(f"{what} not found.")
@@ -108,11 +86,9 @@ def get_scoped_for_update(
     session: Session, model: type[M], scope: TenantScope, row_id: uuid.UUID, *, what: str
 ) -> M:
     row = session.scalars(
-        prepared(
-            scoped(model, scope)
-            .where(model.id == row_id)  # type: ignore[attr-defined]
-            .with_for_update()
-        )
+        scoped(model, scope)
+        .where(model.id == row_id)  # type: ignore[attr-defined]
+        .with_for_update()
     ).one_or_none()
     if row is None:
         raise NotFound(f"{what} not found.")
@@ -128,9 +104,20 @@ def lock_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant | None:
     """
     # FOR NO KEY UPDATE (key_share=True), not FOR UPDATE: the foreign-key check of every insert
     # under this tenant takes KEY SHARE on the tenant row and must not queue behind a limit check.
-    return session.scalars(_LOCK_TENANT, {"tenant_id": tenant_id}).one_or_none()
+    return session.scalars(
+        select(Tenant).where(Tenant.id == tenant_id).with_for_update(key_share=True)
+    ).one_or_none()
 
 
-_LOCK_TENANT = prepared(
-    select(Tenant).where(Tenant.id == bindparam("tenant_id")).with_for_update(key_share=True)
-)
+def enter_tenant(session: Session, principal: Principal, tenant_id: uuid.UUID) -> TenantScope:
+    """The platform admin acting in `tenant_id`: bind the transaction to it and read its state,
+    or NotFound."""
+    bind_tenant(session, tenant_id)
+    row = session.execute(
+        select(Tenant.status, Tenant.plan).where(Tenant.id == tenant_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound("Tenant not found.")
+    return TenantScope(
+        tenant_id=tenant_id, principal=principal, tenant_status=row.status, plan=row.plan
+    )

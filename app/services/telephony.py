@@ -2,12 +2,11 @@
 
 Twilio is authenticated by its request signature (app/telephony/request.py), not by an API key, so
 these entry points find the tenant themselves: by the dialled number or by the CallSid, each through
-a pinned SQL function that also binds the transaction to that tenant for everything else.
+a pinned SQL function (app/models/sql/) that also binds the transaction to that tenant.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import secrets
@@ -17,39 +16,21 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import (
-    Table,
-    bindparam,
-    func,
-    select,
-)
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 from twilio.twiml.voice_response import VoiceResponse
 
-from app.config.database import prepared
-from app.config.settings import settings
-from app.models import AIProfile, Call, CallTurn, Tenant, UsageRecord
+from app.config.database import bind_tenant
+from app.models import Call, CallTurn, Tenant, UsageRecord
 from app.models.base import new_id, utcnow
-from app.plans import PLANS, Plan, get_plan
-from app.schemas.calls import CallOut, CallTurnOut
+from app.models.call import CallStatus
 from app.services import events
-from app.services.scope import (
-    Principal,
-    Role,
-    TenantScope,
-    scope_params,
-    scoped_template,
-)
+from app.services.scope import Principal, Role, TenantScope, scoped
 from app.telephony import twiml
-from app.telephony.signature import public_url, websocket_url
+from app.telephony.urls import TwilioUrls
 
 logger = logging.getLogger("vca.telephony")
-
-RELAY_PATH = "/telephony/twilio/relay"
-RELAY_ACTION_PATH = "/telephony/twilio/relay-action"
-VOICE_PATH = "/telephony/twilio/voice"
-STATUS_PATH = "/telephony/twilio/status"
 
 # The answer to a callback that needs no instructions.
 EMPTY_TWIML = str(VoiceResponse())
@@ -57,34 +38,23 @@ EMPTY_TWIML = str(VoiceResponse())
 # The width of calls.provider_call_sid; Twilio's SIDs are 34 characters.
 MAX_CALL_SID_LENGTH = 64
 
-TERMINAL_STATUSES = frozenset({"completed", "busy", "no_answer", "failed", "canceled", "rejected"})
-# A call only moves forward: queued < ringing < in_progress < any terminal status.
-_RANK = {"queued": 0, "ringing": 1, "in_progress": 2}
-_TERMINAL_RANK = 3
-
 # Twilio's CallStatus values (and "initiated", the status of the `initiated` event) -> ours.
 TWILIO_CALL_STATUSES = {
-    "queued": "queued",
-    "initiated": "queued",
-    "ringing": "ringing",
-    "in-progress": "in_progress",
-    "completed": "completed",
-    "busy": "busy",
-    "no-answer": "no_answer",
-    "failed": "failed",
-    "canceled": "canceled",
+    "queued": CallStatus.queued,
+    "initiated": CallStatus.queued,
+    "ringing": CallStatus.ringing,
+    "in-progress": CallStatus.in_progress,
+    "completed": CallStatus.completed,
+    "busy": CallStatus.busy,
+    "no-answer": CallStatus.no_answer,
+    "failed": CallStatus.failed,
+    "canceled": CallStatus.canceled,
 }
 
-# end_reason of a call refused before it was answered: what `call_limit_violation` and
-# `answer_inbound_call` (migration 0006) write and return.
+# end_reason of a call refused before it was answered: what `call_limit_violation` returns.
 REJECT_TENANT_SUSPENDED = "tenant_suspended"
 REJECT_CONCURRENCY_LIMIT = "concurrency_limit"
 REJECT_MINUTES_EXHAUSTED = "minutes_exhausted"
-REJECT_NO_AI_PROFILE = "no_ai_profile"
-
-
-def rank(status: str) -> int:
-    return _TERMINAL_RANK if status in TERMINAL_STATUSES else _RANK[status]
 
 
 def billing_period(moment: datetime) -> str:
@@ -102,87 +72,49 @@ def telephony_scope(tenant: Tenant) -> TenantScope:
     )
 
 
-_BIND_CALL_SID = prepared(select(func.bind_call_sid(bindparam("call_sid"))))
-
-
 def bind_call_sid(session: Session, call_sid: str) -> uuid.UUID | None:
     """The tenant owning the call with Twilio CallSid `call_sid`, or None if no call has it.
 
-    The transaction is then bound to that tenant (SQL function `bind_call_sid`, migration 0004):
-    the lookup and the binding cost one round trip.
+    The transaction is then bound to that tenant (SQL function `bind_call_sid`): the lookup and
+    the binding cost one round trip.
     """
-    return session.scalar(_BIND_CALL_SID, {"call_sid": call_sid})
-
-
-# A call whose final status callback never arrived would hold a line forever (on the free plan,
-# the tenant's only one). A call still unanswered after RING_TIMEOUT, or talking longer than any
-# profile allows (14,400 s) plus a margin, is stale and no longer counts. Ringing counts from the
-# call's creation, talking from its answer (a CHECK guarantees a talking call has answered_at).
-RING_TIMEOUT = timedelta(minutes=3)
-LONGEST_CALL = timedelta(seconds=14_400) + timedelta(minutes=5)
-
-
-def _plan_limits(plan: Plan) -> dict[str, Any]:
-    return {
-        "max_concurrent_calls": plan.max_concurrent_calls,
-        "included_minutes": plan.included_minutes,
-        "rejects_when_minutes_run_out": plan.rejects_when_minutes_run_out,
-    }
-
-
-# The plan catalogue as the SQL functions read it (app/plans.py stays its one definition).
-_PLAN_LIMITS_JSON = {plan.name.value: json.dumps(_plan_limits(plan)) for plan in PLANS.values()}
-_ALL_PLAN_LIMITS_JSON = json.dumps({plan.name.value: _plan_limits(plan) for plan in PLANS.values()})
-
-
-def _limit_params(now: datetime) -> dict[str, Any]:
-    return {
-        "ring_cutoff": now - RING_TIMEOUT,
-        "talk_cutoff": now - LONGEST_CALL,
-        "period": billing_period(now),
-    }
-
-
-# The rule itself is the SQL function `call_limit_violation` (migration 0006), which the inbound
-# path runs inside `answer_inbound_call`: one definition for both directions.
-_CALL_LIMIT_VIOLATION = prepared(
-    select(
-        func.call_limit_violation(
-            bindparam("tenant_id"),
-            bindparam("tenant_status"),
-            bindparam("limits"),
-            bindparam("ring_cutoff"),
-            bindparam("talk_cutoff"),
-            bindparam("period"),
-        )
-    )
-)
+    tenant_id: uuid.UUID | None = session.scalar(select(func.bind_call_sid(call_sid)))
+    if tenant_id is not None:
+        bind_tenant(session, tenant_id, bound_by_sql=True)
+    return tenant_id
 
 
 def call_limit_violation(session: Session, tenant: Tenant) -> str | None:
     """Why `tenant` may not start another call now (an end_reason), or None if it may.
 
-    Exact under concurrency only if the caller holds the tenant row lock (`lock_tenant`) from
-    before this check until its new call is flushed: the count and the insert are then serialized
-    per tenant, so N racing calls against a limit of k admit exactly k.
+    The rule is the SQL function `call_limit_violation` (app/models/sql/), which the inbound path
+    runs inside `answer_inbound_call`: one definition for both directions. Exact under
+    concurrency only if the caller holds the tenant row lock (`lock_tenant`) until its new call
+    is stored.
     """
-    params = {
-        "tenant_id": tenant.id,
-        "tenant_status": tenant.status,
-        "limits": _PLAN_LIMITS_JSON[get_plan(tenant.plan).name.value],
-        **_limit_params(utcnow()),
-    }
-    reason: str | None = session.scalar(_CALL_LIMIT_VIOLATION, params)
+    now = utcnow()
+    reason: str | None = session.scalar(
+        select(
+            func.call_limit_violation(
+                tenant.id, tenant.status, tenant.plan, now, billing_period(now)
+            )
+        )
+    )
     return reason
 
 
-_CALL_BY_SID_FOR_UPDATE = prepared(
-    scoped_template(Call).where(Call.provider_call_sid == bindparam("call_sid")).with_for_update()
+_ANSWER_ROW = func.answer_inbound_call(
+    bindparam("call_id"),
+    bindparam("call_sid"),
+    bindparam("to_number"),
+    bindparam("from_number"),
+    bindparam("outbound"),
+    bindparam("now"),
+    bindparam("period"),
+).table_valued(
+    "outcome", "call_id", "call_status", "ai_profile_id", "greeting", "language", "voice"
 )
-_PROFILE_BY_ID = prepared(scoped_template(AIProfile).where(AIProfile.id == bindparam("profile_id")))
-_DEFAULT_PROFILE = prepared(
-    scoped_template(AIProfile).where(AIProfile.is_default.is_(True)).limit(1)
-)
+_ANSWER_INBOUND_CALL = select(*_ANSWER_ROW.c)
 
 
 @dataclass(frozen=True)
@@ -195,79 +127,63 @@ class AnsweringProfile:
     voice: str | None
 
 
-_ANSWER_ROW = func.answer_inbound_call(
-    bindparam("call_id"),
-    bindparam("call_sid"),
-    bindparam("to_number"),
-    bindparam("from_number"),
-    bindparam("outbound"),
-    bindparam("plans"),
-    bindparam("now"),
-    bindparam("ring_cutoff"),
-    bindparam("talk_cutoff"),
-    bindparam("period"),
-).table_valued(
-    "outcome", "call_id", "call_status", "ai_profile_id", "greeting", "language", "voice"
-)
-_ANSWER_INBOUND_CALL = prepared(select(*_ANSWER_ROW.c))
+def call_payload(call: Call) -> dict[str, Any]:
+    """A call as its events carry it (`call.started`, `call.ended`), in JSON's own types."""
 
+    def text(value: Any) -> str | None:
+        return None if value is None else str(value)
 
-def resolve_ai_profile(
-    session: Session,
-    scope: TenantScope,
-    number_profile_id: uuid.UUID | None,
-) -> AIProfile | None:
-    """The number's profile if it has one, else the tenant's default profile, else None."""
-    if number_profile_id is not None:
-        profile = session.scalars(
-            _PROFILE_BY_ID, scope_params(scope, profile_id=number_profile_id)
-        ).one_or_none()
-        if profile is not None:
-            return profile
-    return session.scalars(_DEFAULT_PROFILE, scope_params(scope)).first()
+    def moment(value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat().replace("+00:00", "Z")
 
-
-def relay_twiml(call_id: uuid.UUID, profile: AIProfile | AnsweringProfile) -> str:
-    """The ConversationRelay TwiML that connects `call` to our WebSocket with `profile`'s voice."""
-    before, after = _relay_twiml_around_call_id(
-        settings.PUBLIC_BASE_URL or "", profile.greeting or None, profile.language, profile.voice
-    )
-    return before + str(call_id) + after  # a UUID's text needs no XML escaping
-
-
-# Where the call id goes: random, so no profile text can contain it.
-_CALL_ID_SLOT = "call-id-" + secrets.token_hex(16)
-
-
-@lru_cache(maxsize=1024)
-def _relay_twiml_around_call_id(
-    base: str, greeting: str | None, language: str, voice: str | None
-) -> tuple[str, str]:
-    """A profile's ConversationRelay TwiML, built once (by `twiml.conversation_relay`, which
-    escapes it) and split where the call's id goes: every admitted call answers with it."""
-    document = twiml.conversation_relay(
-        ws_url=websocket_url(base, RELAY_PATH),
-        welcome_greeting=greeting,
-        language=language,
-        voice=voice or None,
-        parameters={"call_id": _CALL_ID_SLOT},
-        action_url=public_url(base, RELAY_ACTION_PATH, ""),
-    )
-    before, after = document.split(_CALL_ID_SLOT)
-    return before, after
+    return {
+        "id": str(call.id),
+        "tenant_id": str(call.tenant_id),
+        "phone_number_id": text(call.phone_number_id),
+        "ai_profile_id": text(call.ai_profile_id),
+        "direction": call.direction,
+        "status": str(call.status),
+        "from_number": call.from_number,
+        "to_number": call.to_number,
+        "provider_call_sid": call.provider_call_sid,
+        "started_at": moment(call.started_at),
+        "answered_at": moment(call.answered_at),
+        "ended_at": moment(call.ended_at),
+        "duration_seconds": call.duration_seconds,
+        "billable_minutes": call.billable_minutes,
+        "end_reason": call.end_reason,
+        "summary": call.summary,
+        "created_at": moment(call.created_at),
+        "updated_at": moment(call.updated_at),
+    }
 
 
 def call_ended_data(call: Call, turns: list[CallTurn]) -> dict[str, Any]:
-    """The `call.ended` event payload: the call as the API shows it, and its transcript."""
+    """The `call.ended` event payload: the call and its transcript."""
     return {
-        "call": CallOut.model_validate(call).model_dump(mode="json"),
+        "call": call_payload(call),
         "transcript": [
-            CallTurnOut.model_validate(turn).model_dump(
-                mode="json", include={"seq", "role", "text", "interrupted", "latency_ms"}
-            )
+            {
+                "seq": turn.seq,
+                "role": turn.role,
+                "text": turn.text,
+                "interrupted": turn.interrupted,
+                "latency_ms": turn.latency_ms,
+            }
             for turn in turns
         ],
     }
+
+
+def turns_of_call(
+    session: Session, scope: TenantScope | uuid.UUID, call_id: uuid.UUID
+) -> list[CallTurn]:
+    """A call's transcript in order."""
+    return list(
+        session.scalars(
+            scoped(CallTurn, scope).where(CallTurn.call_id == call_id).order_by(CallTurn.seq)
+        )
+    )
 
 
 def _parse_duration(raw: str | None) -> int | None:
@@ -281,20 +197,47 @@ def _parse_duration(raw: str | None) -> int | None:
 
 
 _USAGE = cast(Table, UsageRecord.__table__)
-_INSERT_USAGE = prepared(
-    pg_insert(_USAGE).on_conflict_do_nothing(index_elements=[_USAGE.c.tenant_id, _USAGE.c.call_id])
+_INSERT_USAGE = pg_insert(_USAGE).on_conflict_do_nothing(
+    index_elements=[_USAGE.c.tenant_id, _USAGE.c.call_id]
 )
-# A call's transcript in order (run with `scope_params(tenant, call_id=...)`).
-TURNS_OF_CALL = prepared(
-    scoped_template(CallTurn).where(CallTurn.call_id == bindparam("call_id")).order_by(CallTurn.seq)
-)
+
+
+def relay_twiml(call_id: uuid.UUID, profile: AnsweringProfile, urls: TwilioUrls) -> str:
+    """The ConversationRelay TwiML that connects a call to our WebSocket with `profile`'s voice."""
+    before, after = _relay_twiml_around_call_id(
+        urls.relay, urls.relay_action, profile.greeting or None, profile.language, profile.voice
+    )
+    return before + str(call_id) + after  # a UUID's text needs no XML escaping
+
+
+# Where the call id goes: random, so no profile text can contain it.
+_CALL_ID_SLOT = "call-id-" + secrets.token_hex(16)
+
+
+@lru_cache(maxsize=1024)
+def _relay_twiml_around_call_id(
+    relay_url: str, action_url: str, greeting: str | None, language: str, voice: str | None
+) -> tuple[str, str]:
+    """A profile's ConversationRelay TwiML, built once (by `twiml.conversation_relay`, which
+    escapes it) and split where the call's id goes: every admitted call answers with it."""
+    document = twiml.conversation_relay(
+        ws_url=relay_url,
+        welcome_greeting=greeting,
+        language=language,
+        voice=voice or None,
+        parameters={"call_id": _CALL_ID_SLOT},
+        action_url=action_url,
+    )
+    before, after = document.split(_CALL_ID_SLOT)
+    return before, after
 
 
 class TelephonyService:
     """Handles Twilio's webhooks. Each method runs inside the request's one transaction."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, urls: TwilioUrls) -> None:
         self.session = session
+        self.urls = urls
 
     # -- voice webhook -------------------------------------------------------------------------
 
@@ -320,9 +263,8 @@ class TelephonyService:
                 "to_number": form.get("To", "").strip(),
                 "from_number": form.get("From", "").strip()[:32] or "unknown",
                 "outbound": form.get("Direction", "inbound").startswith("outbound"),
-                "plans": _ALL_PLAN_LIMITS_JSON,
                 "now": now,
-                **_limit_params(now),
+                "period": billing_period(now),
             },
         ).one()
         if row.outcome == "unknown_outbound":
@@ -336,10 +278,10 @@ class TelephonyService:
             if row.outcome == "created":
                 logger.info("inbound call rejected", extra={"call_id": str(row.call_id)})
             return twiml.reject("busy")
-        if row.call_status in TERMINAL_STATUSES or row.ai_profile_id is None:
+        if CallStatus(row.call_status).is_terminal or row.ai_profile_id is None:
             return twiml.hangup()
         profile = AnsweringProfile(row.ai_profile_id, row.greeting, row.language, row.voice)
-        return relay_twiml(row.call_id, profile)
+        return relay_twiml(row.call_id, profile, self.urls)
 
     # -- status callback -----------------------------------------------------------------------
 
@@ -362,13 +304,15 @@ class TelephonyService:
             logger.warning("status callback for an unknown CallSid", extra={"sid": call_sid})
             return
         call = self.session.scalars(
-            _CALL_BY_SID_FOR_UPDATE, scope_params(tenant_id, call_sid=call_sid)
+            scoped(Call, tenant_id).where(Call.provider_call_sid == call_sid).with_for_update()
         ).one_or_none()
         if call is None:
             return
         self.transition(call, status, duration_seconds=_parse_duration(form.get("CallDuration")))
 
-    def transition(self, call: Call, status: str, *, duration_seconds: int | None = None) -> bool:
+    def transition(
+        self, call: Call, status: CallStatus, *, duration_seconds: int | None = None
+    ) -> bool:
         """Move `call` to `status` if that is a step forward; returns whether anything changed.
 
         The caller must hold the call's row lock (`SELECT ... FOR UPDATE`) in a transaction bound
@@ -377,23 +321,28 @@ class TelephonyService:
         billable_minutes (ceil(duration / 60), only for a call that connected), one usage record
         for the UTC month of ended_at, and emits `call.ended`.
         """
-        if call.status in TERMINAL_STATUSES or rank(status) <= rank(call.status):
+        current = CallStatus(call.status)
+        if current.is_terminal or status.rank <= current.rank:
             return False
         now = utcnow()
         call.status = status
-        if status == "in_progress":
+        if status is CallStatus.in_progress:
             call.answered_at = call.answered_at or now
-        if status in TERMINAL_STATUSES:
+        if status.is_terminal:
             self._end(call, status, duration_seconds, now)
         self.session.flush()
         return True
 
-    def _end(self, call: Call, status: str, duration_seconds: int | None, now: datetime) -> None:
+    def _end(
+        self, call: Call, status: CallStatus, duration_seconds: int | None, now: datetime
+    ) -> None:
         if duration_seconds is None:
             # No CallDuration: measure from the answer, if there was one.
             answered = call.answered_at
             duration_seconds = int((now - answered).total_seconds()) if answered else 0
-        connected = duration_seconds > 0 and (call.answered_at is not None or status == "completed")
+        connected = duration_seconds > 0 and (
+            call.answered_at is not None or status is CallStatus.completed
+        )
         if connected and call.answered_at is None:
             call.answered_at = now - timedelta(seconds=duration_seconds)
         call.ended_at = now
@@ -413,7 +362,5 @@ class TelephonyService:
                 "updated_at": now,
             },
         )
-        turns = list(
-            self.session.scalars(TURNS_OF_CALL, scope_params(call.tenant_id, call_id=call.id))
-        )
+        turns = turns_of_call(self.session, call.tenant_id, call.id)
         events.emit_event(self.session, call.tenant_id, "call.ended", call_ended_data(call, turns))

@@ -11,6 +11,7 @@ from app.errors import Conflict, Forbidden, NotFound
 from app.models import Tenant
 from app.schemas.tenants import TenantCreate, TenantUpdate
 from app.services.pagination import PageResult, paginate
+from app.services.plans import PlanService
 from app.services.scope import TenantScope
 
 ADMIN_ONLY_FIELDS = ("plan", "status")
@@ -27,10 +28,9 @@ class TenantService:
 
     def create(self, data: TenantCreate) -> Tenant:
         """Create a tenant (platform admin, system scope); a duplicate slug is a 409."""
+        PlanService(self.session).get(data.plan)
         with system_scope(self.session):
-            tenant = Tenant(
-                name=data.name, slug=data.slug, plan=data.plan.value, timezone=data.timezone
-            )
+            tenant = Tenant(name=data.name, slug=data.slug, plan=data.plan, timezone=data.timezone)
             try:
                 with self.session.begin_nested():
                     self.session.add(tenant)
@@ -60,11 +60,12 @@ class TenantService:
         changes = data.model_dump(exclude_unset=True)
         if not scope.principal.is_platform_admin and any(f in changes for f in ADMIN_ONLY_FIELDS):
             raise Forbidden("Only the platform admin can change a tenant's plan or status.")
+        if changes.get("plan") is not None:
+            PlanService(self.session).get(changes["plan"])
         tenant = self.get(scope)
         for field, value in changes.items():
-            if value is None:
-                continue
-            setattr(tenant, field, value.value if hasattr(value, "value") else value)
+            if value is not None:
+                setattr(tenant, field, value)
         self.session.flush()
         return tenant
 

@@ -20,7 +20,6 @@ from typing import Any, cast
 from sqlalchemy import Row, Table, TextClause, func, text, update
 from sqlalchemy.orm import Session
 
-from app.config.database import prepared
 from app.config.settings import settings
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint, WebhookEvent
@@ -349,7 +348,7 @@ def _claim_statements(restricted: bool) -> tuple[TextClause, TextClause]:
 
     def claim(condition: str, order: str) -> TextClause:
         sql = _CLAIM_SQL.format(condition=condition, tenant_filter=tenant_filter, order=order)
-        return prepared(text(sql))
+        return text(sql)
 
     return claim(*_EXPIRED), claim(*_DUE)
 

@@ -8,25 +8,16 @@ from urllib.parse import parse_qsl
 from fastapi import Depends, Request
 
 from app.config.settings import settings
-from app.errors import Forbidden, InvalidInput, ServiceUnavailable
+from app.errors import Forbidden, InvalidInput
+from app.telephony.rest import TelephonyNotConfigured, require_telephony
 from app.telephony.signature import is_valid_twilio_signature, public_url
 
-
-class TelephonyNotConfigured(ServiceUnavailable):
-    code = "telephony_not_configured"
-    default_detail = (
-        "Telephony is not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, PUBLIC_BASE_URL)."
-    )
+__all__ = ["InvalidTwilioSignature", "TelephonyNotConfigured", "TwilioForm", "require_telephony"]
 
 
 class InvalidTwilioSignature(Forbidden):
     code = "invalid_signature"
     default_detail = "The X-Twilio-Signature header is missing or does not match this request."
-
-
-def require_telephony() -> None:
-    if not settings.telephony_configured:
-        raise TelephonyNotConfigured()
 
 
 # What Starlette's form parser allows too: a bound on the work one request can ask for.

@@ -19,7 +19,23 @@ from twilio.base.exceptions import (
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-__all__ = ["TwilioAPIError", "TwilioRest"]
+from app.config.settings import settings
+from app.errors import ServiceUnavailable
+
+__all__ = ["TelephonyNotConfigured", "TwilioAPIError", "TwilioRest", "require_telephony"]
+
+
+class TelephonyNotConfigured(ServiceUnavailable):
+    code = "telephony_not_configured"
+    default_detail = (
+        "Telephony is not configured (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, PUBLIC_BASE_URL)."
+    )
+
+
+def require_telephony() -> None:
+    if not settings.telephony_configured:
+        raise TelephonyNotConfigured()
+
 
 # The library prefixes Twilio's message with its own context ("Unable to create record: ").
 _LIBRARY_PREFIX = re.compile(r"^Unable to \w+ record: ")

@@ -267,13 +267,13 @@ def test_concurrency_limit_is_429_with_retry_after(
 def test_free_minutes_exhausted_is_403(
     client: TestClient, admin_headers: dict[str, str], fake_twilio: FakeTwilio, owner_engine: Engine
 ) -> None:
-    from app.config.database import tenant_session
+    from app.config.database import transaction
     from app.models import UsageRecord
 
     tenant = make_tenant(client, admin_headers, plan="free")
     setup = create_number_and_profile(tenant.id)
     used = insert_call(tenant.id, status="completed", billable_minutes=60)
-    with tenant_session(tenant.id) as session:
+    with transaction(tenant.id) as session:
         session.add(
             UsageRecord(
                 tenant_id=tenant.id,

@@ -24,7 +24,7 @@ from twilio.request_validator import RequestValidator
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from app.config.database import tenant_session
+from app.config.database import transaction
 from app.config.settings import settings
 from app.llm.agent import reset_llm_client
 from app.models import Call, CallTurn
@@ -192,13 +192,13 @@ def eventually(check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
 
 def stored_turns(call: RingingCall | tuple[uuid.UUID, uuid.UUID]) -> list[tuple[Any, ...]]:
     tenant_id, call_id = (call.tenant_id, call.call_id) if isinstance(call, RingingCall) else call
-    with tenant_session(tenant_id) as session:
+    with transaction(tenant_id) as session:
         turns = session.query(CallTurn).filter_by(call_id=call_id).order_by(CallTurn.seq).all()
         return [(t.seq, t.role, t.text, t.interrupted, t.latency_ms) for t in turns]
 
 
 def stored_call(tenant_id: uuid.UUID, call_id: uuid.UUID) -> Call:
-    with tenant_session(tenant_id) as session:
+    with transaction(tenant_id) as session:
         call = session.get(Call, call_id)
         assert call is not None
         return call
@@ -667,7 +667,7 @@ def test_a_foreign_call_is_closed_and_left_untouched(
 
 def test_a_finished_call_cannot_be_bound(server: str, tenant: TenantFixture) -> None:
     call = create_ringing_call(tenant.id)
-    with tenant_session(tenant.id) as session:
+    with transaction(tenant.id) as session:
         row = session.get(Call, call.call_id)
         assert row is not None
         row.status = "completed"

@@ -24,6 +24,7 @@ from tests.helpers import (
     random_e164,
     twilio_call_sid,
     twilio_post,
+    twilio_urls,
 )
 
 VOICE = "/telephony/twilio/voice"
@@ -247,7 +248,7 @@ def test_racing_duplicate_completions_meter_and_announce_once(
         try:
             with Session(engine) as session, session.begin():
                 barrier.wait(timeout=10)
-                TelephonyService(session).apply_status_callback(
+                TelephonyService(session, twilio_urls()).apply_status_callback(
                     {"CallSid": sid, "CallStatus": "completed", "CallDuration": str(duration)}
                 )
         except BaseException as exc:

@@ -202,11 +202,11 @@ def test_outbound_queued_call_counts_against_the_limit(
 
 
 def _use_minutes(tenant_id: uuid.UUID, minutes: int, period: str) -> None:
-    from app.config.database import tenant_session
+    from app.config.database import transaction
     from app.models import UsageRecord
 
     call_id = insert_call(tenant_id, status="completed", billable_minutes=minutes)
-    with tenant_session(tenant_id) as session:
+    with transaction(tenant_id) as session:
         session.add(
             UsageRecord(tenant_id=tenant_id, call_id=call_id, period=period, minutes=minutes)
         )

@@ -21,7 +21,7 @@ GLOBAL_UNIQUE = {
     ("api_keys", ("prefix",)),
     ("calls", ("provider_call_sid",)),
 }
-PLATFORM_TABLES = {"alembic_version", "tenants"}
+PLATFORM_TABLES = {"alembic_version", "tenants", "plans"}
 
 
 def _tables(engine: Engine) -> list[str]:

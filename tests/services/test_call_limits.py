@@ -14,9 +14,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 from starlette.testclient import TestClient
 
-from app.config.database import set_tenant_context, tenant_session
+from app.config.database import bind_tenant, transaction
 from app.models import Tenant, UsageRecord
-from app.plans import get_plan
 from app.services.telephony import (
     TelephonyService,
     billing_period,
@@ -29,8 +28,10 @@ from tests.helpers import (
     insert_call,
     make_tenant,
     parse_twiml,
+    plan,
     random_e164,
     twilio_call_sid,
+    twilio_urls,
 )
 
 RACERS = 20
@@ -40,7 +41,7 @@ def test_twenty_simultaneous_inbound_calls_against_a_limit_of_five_admit_exactly
     client: TestClient, admin_headers: dict[str, str], owner_engine: Engine
 ) -> None:
     tenant = make_tenant(client, admin_headers, plan="starter")
-    assert get_plan("starter").max_concurrent_calls == 5
+    assert plan("starter").max_concurrent_calls == 5
     setup = create_number_and_profile(tenant.id)
     # One connection per racer, outside the app's pool, so no racer waits for a connection.
     engine = create_engine(DB_URLS.app, poolclass=NullPool)
@@ -53,7 +54,7 @@ def test_twenty_simultaneous_inbound_calls_against_a_limit_of_five_admit_exactly
         try:
             with Session(engine) as session, session.begin():
                 barrier.wait(timeout=10)
-                answers.append(TelephonyService(session).answer_voice(form))
+                answers.append(TelephonyService(session, twilio_urls()).answer_voice(form))
         except BaseException as exc:
             errors.append(exc)
 
@@ -92,7 +93,7 @@ def test_simultaneous_retries_of_one_call_sid_create_one_call(
         try:
             with Session(engine) as session, session.begin():
                 barrier.wait(timeout=10)
-                answers.append(TelephonyService(session).answer_voice(dict(form)))
+                answers.append(TelephonyService(session, twilio_urls()).answer_voice(dict(form)))
         except BaseException as exc:
             errors.append(exc)
 
@@ -110,7 +111,7 @@ def test_simultaneous_retries_of_one_call_sid_create_one_call(
 
 
 def _verdict(tenant_id: uuid.UUID) -> str | None:
-    with tenant_session(tenant_id) as session:
+    with transaction(tenant_id) as session:
         tenant = session.get(Tenant, tenant_id)
         assert tenant is not None
         return call_limit_violation(session, tenant)
@@ -118,7 +119,7 @@ def _verdict(tenant_id: uuid.UUID) -> str | None:
 
 def _use(tenant_id: uuid.UUID, minutes: int, period: str) -> None:
     call_id = insert_call(tenant_id, status="completed", billable_minutes=minutes)
-    with tenant_session(tenant_id) as session:
+    with transaction(tenant_id) as session:
         session.add(
             UsageRecord(tenant_id=tenant_id, call_id=call_id, period=period, minutes=minutes)
         )
@@ -128,7 +129,7 @@ def test_free_minutes_are_counted_per_utc_month(
     client: TestClient, admin_headers: dict[str, str]
 ) -> None:
     tenant = make_tenant(client, admin_headers, plan="free")
-    included = get_plan("free").included_minutes
+    included = plan("free").included_minutes
     this_month = datetime.now(UTC).strftime("%Y-%m")
     assert _verdict(tenant.id) is None
     _use(tenant.id, included * 3, "1999-12")
@@ -208,7 +209,7 @@ def test_counting_active_calls_reads_only_the_calls_that_still_hold_a_line(
     try:
         with Session(engine) as session, session.begin():
             session.execute(text("SET LOCAL enable_seqscan = off"))  # the plan of a big table
-            set_tenant_context(session, tenant.id)
+            bind_tenant(session, tenant.id)
             tenant_row = session.get(Tenant, tenant.id)
             assert tenant_row is not None
             assert call_limit_violation(session, tenant_row) is None

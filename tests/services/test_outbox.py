@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import select
 import uuid
 from datetime import UTC, datetime
 from typing import Any, get_args
 
-import psycopg2
+import psycopg
 import pytest
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
-from app.config.database import tenant_session
+from app.config.database import transaction
 from app.schemas.webhooks import EventType
 from app.services.events import EVENT_TYPES, NOTIFY_CHANNEL, emit_event
 from tests.conftest import DB_URLS
@@ -60,7 +59,7 @@ def test_one_delivery_per_enabled_subscribed_endpoint(
     call_id = uuid.uuid4()
     ended_at = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
-    with tenant_session(tenant.id) as session:
+    with transaction(tenant.id) as session:
         emit_event(
             session, tenant.id, "call.ended", {"call_id": call_id, "ended_at": ended_at, "n": 3}
         )
@@ -91,7 +90,7 @@ def test_a_rolled_back_change_sends_nothing(
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom), tenant_session(tenant.id) as session:
+    with pytest.raises(Boom), transaction(tenant.id) as session:
         emit_event(session, tenant.id, "call.ended", {"call_id": str(uuid.uuid4())})
         raise Boom()
 
@@ -104,7 +103,7 @@ def test_an_event_without_subscribers_is_kept_but_delivered_nowhere(
     client: TestClient, tenant: TenantFixture, owner_engine: Engine
 ) -> None:
     _endpoint(client, tenant, event_types=["call.started"])
-    with tenant_session(tenant.id) as session:
+    with transaction(tenant.id) as session:
         emit_event(session, tenant.id, "usage.threshold_reached", {"percent": 80})
     events = _rows(
         owner_engine, "SELECT event_type FROM webhook_events WHERE tenant_id = :t", t=tenant.id
@@ -114,32 +113,29 @@ def test_an_event_without_subscribers_is_kept_but_delivered_nowhere(
 
 
 def test_unknown_event_type_is_a_programming_error(tenant: TenantFixture) -> None:
-    with pytest.raises(ValueError, match="unknown event type"), tenant_session(tenant.id) as s:
+    with pytest.raises(ValueError, match="unknown event type"), transaction(tenant.id) as s:
         emit_event(s, tenant.id, "call.exploded", {})
 
 
 def test_emit_needs_the_tenants_context(client: TestClient, tenant: TenantFixture) -> None:
     # Row-level security: a transaction bound to another tenant cannot write this tenant's events.
     other = uuid.uuid4()
-    with pytest.raises(Exception, match="row-level security"), tenant_session(other) as session:
+    with pytest.raises(Exception, match="row-level security"), transaction(other) as session:
         emit_event(session, tenant.id, "call.ended", {})
 
 
 def test_notify_is_delivered_only_at_commit(client: TestClient, tenant: TenantFixture) -> None:
     _endpoint(client, tenant)
-    listener = psycopg2.connect(DB_URLS.app.replace("postgresql+psycopg2://", "postgresql://"))
-    listener.autocommit = True
+    listener = psycopg.connect(
+        DB_URLS.app.replace("postgresql+psycopg://", "postgresql://"), autocommit=True
+    )
     try:
-        listener.cursor().execute(f"LISTEN {NOTIFY_CHANNEL}")
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
 
         def notified(timeout: float) -> bool:
-            if select.select([listener], [], [], timeout)[0]:
-                listener.poll()
-            got = bool(listener.notifies)
-            listener.notifies.clear()
-            return got
+            return any(True for _ in listener.notifies(timeout=timeout, stop_after=1))
 
-        with tenant_session(tenant.id) as session:
+        with transaction(tenant.id) as session:
             emit_event(session, tenant.id, "call.started", {"call_id": str(uuid.uuid4())})
             session.flush()
             assert not notified(0.2)

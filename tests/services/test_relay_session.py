@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from app.config.database import tenant_session
+from app.config.database import transaction
 from app.llm.agent import MAX_HISTORY_MESSAGES, ConversationEntry, build_messages
 from app.llm.client import LLMClient
 from app.models import CallTurn, Tenant
@@ -75,7 +75,7 @@ def answers(llm: FakeLLM) -> list[dict[str, Any]]:
 
 
 def turns(call: RingingCall) -> list[tuple[str, str, bool]]:
-    with tenant_session(call.tenant_id) as session:
+    with transaction(call.tenant_id) as session:
         rows = session.query(CallTurn).filter_by(call_id=call.call_id).order_by(CallTurn.seq)
         return [(t.role, t.text, t.interrupted) for t in rows]
 
@@ -265,7 +265,7 @@ def test_one_write_applies_new_turns_and_an_interruption_of_one_of_them_in_order
     tenant: TenantFixture,
 ) -> None:
     call = create_ringing_call(tenant.id, greeting=None)
-    with tenant_session(tenant.id) as session:
+    with transaction(tenant.id) as session:
         owner = session.get(Tenant, tenant.id)
         assert owner is not None
         scope = telephony_scope(owner)

@@ -24,7 +24,7 @@ from sqlalchemy import Engine, text
 from standardwebhooks import Webhook
 from starlette.testclient import TestClient
 
-from app.config.database import tenant_session
+from app.config.database import transaction
 from app.config.settings import settings
 from app.models.base import utcnow
 from app.services.events import emit_event
@@ -87,7 +87,7 @@ def make_worker(tenant: TenantFixture) -> Iterator[Callable[..., WebhookWorker]]
 
 def _emit(tenant: TenantFixture, event_type: str = "call.ended", count: int = 1) -> list[str]:
     call_ids = [str(uuid.uuid4()) for _ in range(count)]
-    with tenant_session(tenant.id) as session:
+    with transaction(tenant.id) as session:
         for call_id in call_ids:
             emit_event(session, tenant.id, event_type, {"call_id": call_id})
     return call_ids
@@ -551,7 +551,7 @@ def test_a_killed_workers_claim_is_taken_over_after_its_lease_with_the_same_id(
         retry_after_seconds=None,
         response_body_excerpt="",
     )
-    with tenant_session(tenant.id) as session:
+    with transaction(tenant.id) as session:
         stored = record_delivery_outcomes(
             session, tenant.id, [DeliveryOutcome(claim, late, now + timedelta(seconds=1))]
         )

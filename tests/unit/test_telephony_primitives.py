@@ -387,21 +387,21 @@ def test_a_calls_relay_twiml_is_the_profiles_document_with_its_id(
     import uuid
 
     from app.config.settings import settings
-    from app.services.telephony import (
-        RELAY_ACTION_PATH,
-        RELAY_PATH,
-        AnsweringProfile,
-        relay_twiml,
-    )
+    from app.services.telephony import AnsweringProfile, relay_twiml
+    from tests.helpers import twilio_urls
 
     profile = AnsweringProfile(uuid.uuid4(), greeting, "en-GB", voice)
     base = settings.PUBLIC_BASE_URL or ""
+    urls = twilio_urls()
+    # The URLs come from the app's routes: the paths Twilio is given are the ones we serve.
+    assert urls.relay == websocket_url(base, "/telephony/twilio/relay")
+    assert urls.relay_action == public_url(base, "/telephony/twilio/relay-action", "")
     for call_id in (uuid.uuid4(), uuid.uuid4()):
-        assert relay_twiml(call_id, profile) == twiml.conversation_relay(
-            ws_url=websocket_url(base, RELAY_PATH),
+        assert relay_twiml(call_id, profile, urls) == twiml.conversation_relay(
+            ws_url=urls.relay,
             welcome_greeting=greeting or None,
             language="en-GB",
             voice=voice or None,
             parameters={"call_id": str(call_id)},
-            action_url=public_url(base, RELAY_ACTION_PATH, ""),
+            action_url=urls.relay_action,
         )

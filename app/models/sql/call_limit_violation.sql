@@ -1,0 +1,44 @@
+CREATE FUNCTION public.call_limit_violation(
+    p_tenant_id uuid, p_tenant_status text, p_plan text, p_now timestamptz, p_period text
+) RETURNS text LANGUAGE plpgsql STABLE AS $$
+-- Admission: why the tenant may not start another call now (a call end_reason), or NULL if it may.
+-- The limits come from its plan's row in `plans`. A call holds a line while it is ringing (for at
+-- most 3 minutes since it was created) or talking (for at most 4 h 05 min since it was answered:
+-- the longest profile limit, 14,400 s, plus a margin); past that its final callback was lost and
+-- it no longer counts. Each count is a range of its partial index. Exact under concurrency only
+-- while the caller holds the tenant row lock until its insert (inbound: route_inbound_call;
+-- outbound: CallService.create_outbound).
+DECLARE
+    -- Computed here, not in the queries: the planner then sees each cut-off as a value and
+    -- reads only the recent end of the partial indexes.
+    ringing_since timestamptz := p_now - interval '3 minutes';
+    talking_since timestamptz := p_now - interval '4 hours 5 minutes';
+    plan record;
+    active bigint;
+    used bigint;
+BEGIN
+    IF p_tenant_status = 'suspended' THEN
+        RETURN 'tenant_suspended';
+    END IF;
+    SELECT max_concurrent_calls, included_minutes, overage_cents_per_minute IS NULL AS capped
+      INTO plan FROM plans WHERE name = p_plan;
+    SELECT (SELECT count(*) FROM calls
+             WHERE tenant_id = p_tenant_id AND status IN ('queued', 'ringing')
+               AND created_at > ringing_since)
+         + (SELECT count(*) FROM calls
+             WHERE tenant_id = p_tenant_id AND status IN ('in_progress')
+               AND answered_at > talking_since)
+      INTO active;
+    IF active >= plan.max_concurrent_calls THEN
+        RETURN 'concurrency_limit';
+    END IF;
+    IF plan.capped THEN
+        SELECT coalesce(sum(minutes), 0) INTO used
+          FROM usage_records WHERE tenant_id = p_tenant_id AND period = p_period;
+        IF used >= plan.included_minutes THEN
+            RETURN 'minutes_exhausted';
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$$
