@@ -364,3 +364,43 @@ def test_without_twilio_credentials_it_is_503(
         phone_number_id=str(setup.number_id),
     )
     assert response.headers["retry-after"]
+
+
+def test_a_stalled_twilio_does_not_delay_the_tenants_inbound_calls(
+    client: TestClient, tenant: TenantFixture, fake_twilio: FakeTwilio
+) -> None:
+    """The outbound call's reservation is committed before Twilio is asked, so the tenant's row
+    lock (which inbound admission takes) is not held while Twilio takes its time."""
+    import threading
+    import time
+
+    outbound = create_number_and_profile(tenant.id)
+    inbound = create_number_and_profile(tenant.id)
+    released = fake_twilio.stall_calls()
+    placed: list[Any] = []
+    caller = threading.Thread(
+        target=lambda: placed.append(
+            _place(client, tenant, to=random_e164(), phone_number_id=str(outbound.number_id))
+        )
+    )
+    caller.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not fake_twilio.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fake_twilio.requests, "the outbound call never reached Twilio"
+        started = time.monotonic()
+        answer = twilio_post(
+            client,
+            "/telephony/twilio/voice",
+            {"CallSid": "CA" + uuid.uuid4().hex, "From": random_e164(), "To": inbound.number},
+        )
+        waited = time.monotonic() - started
+        assert answer.status_code == 200
+        assert parse_twiml(answer.text).find(".//ConversationRelay") is not None
+        assert caller.is_alive(), "Twilio was to be still answering the outbound call"
+        assert waited < 2.0
+    finally:
+        released.set()
+        caller.join(timeout=15)
+    assert placed and placed[0].status_code == 201, placed

@@ -98,6 +98,8 @@ class _State:
     requests: list[RecordedRequest] = field(default_factory=list)
     calls: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: deque[_Failure] = field(default_factory=deque)
+    # While set, creating a call waits for it to be released: a slow Twilio.
+    hold: threading.Event | None = None
 
 
 def _parse_basic_auth(header: str | None) -> tuple[str, str] | None:
@@ -244,6 +246,12 @@ class FakeTwilio:
         with self._state.lock:
             self._state.failures.append(_Failure(status, code, message))
 
+    def stall_calls(self) -> threading.Event:
+        """Make call creation wait (as a slow Twilio would) until the returned event is set."""
+        released = threading.Event()
+        self._state.hold = released
+        return released
+
     def reset(self) -> None:
         """Forget recorded requests, calls and pending scripted failures."""
         with self._state.lock:
@@ -306,6 +314,9 @@ class FakeTwilio:
         return 400, _error_body(400, code, message), {}
 
     def _create_call(self, request: RecordedRequest) -> tuple[int, dict[str, Any], dict[str, str]]:
+        hold = self._state.hold
+        if hold is not None:
+            hold.wait(timeout=30)
         to = request.value("To")
         from_ = request.value("From")
         if not to:
