@@ -41,17 +41,22 @@ os.environ.update(
 for optional in ("TWILIO_API_BASE_URL", "LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL"):
     os.environ.pop(optional, None)
 
-from alembic.config import Config  # noqa: E402
-
-from alembic import command  # noqa: E402
-
-command.upgrade(Config("alembic.ini"), "head")
-
 import pytest  # noqa: E402
 from sqlalchemy import Engine, create_engine  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
-from tests.helpers import TenantFixture, make_tenant  # noqa: E402
+from tests.helpers import TenantFixture, create_tenant  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_database() -> None:
+    """The test database at the head revision, migrated once per session (every run tests the
+    migrations)."""
+    from alembic.config import Config
+
+    from alembic import command
+
+    command.upgrade(Config("alembic.ini"), "head")
 
 
 @pytest.fixture(scope="session")
@@ -89,10 +94,10 @@ def app_engine() -> Engine:
 
 
 @pytest.fixture
-def tenant(client: TestClient, admin_headers: dict[str, str]) -> TenantFixture:
-    return make_tenant(client, admin_headers, plan="pro")
+def tenant(client: TestClient) -> TenantFixture:
+    return create_tenant(plan="pro")
 
 
 @pytest.fixture
-def other_tenant(client: TestClient, admin_headers: dict[str, str]) -> TenantFixture:
-    return make_tenant(client, admin_headers, plan="pro")
+def other_tenant(client: TestClient) -> TenantFixture:
+    return create_tenant(plan="pro")

@@ -61,6 +61,44 @@ def make_tenant(
     )
 
 
+def create_tenant(*, plan: str = "pro", name: str = "Test") -> TenantFixture:
+    """A tenant with an admin and a read-only key, made by the services (where HTTP is not the
+    point: `make_tenant` goes through the API)."""
+    from app.config.database import bind_tenant, transaction
+    from app.schemas.tenants import ApiKeyCreate, TenantCreate
+    from app.services.api_keys import ApiKeyService
+    from app.services.scope import Principal, Role, TenantScope
+    from app.services.tenants import TenantService
+
+    slug = unique_slug()
+    with transaction() as session:
+        row = TenantService(session).create(TenantCreate(name=name, slug=slug, plan=plan))
+        scope = TenantScope(
+            tenant_id=row.id,
+            principal=Principal(role=Role.platform_admin),
+            tenant_status=row.status,
+            plan=row.plan,
+        )
+        bind_tenant(session, row.id)
+        keys = {
+            role: ApiKeyService(session, scope).create(
+                ApiKeyCreate(name=f"{role} key", role=role)  # type: ignore[arg-type]
+            )[1]
+            for role in ("admin", "read_only")
+        }
+        data = {
+            "id": str(row.id),
+            "name": row.name,
+            "slug": row.slug,
+            "plan": row.plan,
+            "status": row.status,
+            "timezone": row.timezone,
+        }
+    return TenantFixture(
+        id=row.id, slug=slug, admin_key=keys["admin"], read_key=keys["read_only"], data=data
+    )
+
+
 def random_e164(country: str = "+1") -> str:
     """A valid, unused-looking North American number (555-01xx range is reserved for fiction)."""
     area = secrets.choice(["212", "415", "617", "312", "206", "303", "512", "646"])
