@@ -22,7 +22,7 @@ def test_healthz_reports_ok_with_rls_enforced(client: TestClient) -> None:
 def test_healthz_degrades_when_database_is_down_and_recovers(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    unreachable = create_engine("postgresql+psycopg2://nobody@127.0.0.1:9/none")
+    unreachable = create_engine("postgresql+psycopg://nobody@127.0.0.1:9/none")
     monkeypatch.setattr(health, "get_engine", lambda: unreachable)
     down = client.get("/healthz")
     assert down.status_code == 503
