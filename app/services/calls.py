@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, String, Table, Uuid, bindparam, select
+from sqlalchemy import ColumnElement, Select, String, Table, Uuid, bindparam, select
 from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
@@ -109,6 +109,24 @@ def _as_sent(column: ColumnElement[Any]) -> ColumnElement[Any]:
     return column
 
 
+def _given(filters: CallFilters) -> dict[str, Any]:
+    """The filters that were given, as the bound parameters of their `_FILTERS` conditions."""
+    return {
+        name: _utc(value) if isinstance(value, datetime) else value
+        for name in _FILTERS
+        if (value := getattr(filters, name)) is not None
+    }
+
+
+def apply_call_filters(
+    statement: Select[Any], filters: CallFilters
+) -> tuple[Select[Any], dict[str, Any]]:
+    """`statement` narrowed by the given filters exactly as the call list is, and the values to
+    bind (the CSV export lists what the list would)."""
+    given = _given(filters)
+    return statement.where(*(_FILTERS[name] for name in given)), given
+
+
 @lru_cache(maxsize=2 ** len(_FILTERS))  # every subset, in `_FILTERS` order
 def _call_pages(filters: tuple[str, ...]) -> PageStatements:
     """The list's statements for one combination of filters (in `_FILTERS` order)."""
@@ -138,11 +156,7 @@ class CallService:
     def list(self, filters: CallFilters, *, limit: int, cursor: str | None) -> PageResult[Any]:
         """One page of the tenant's calls (a dict of every column of `calls` each) matching every
         given filter, newest first."""
-        given = {
-            name: _utc(value) if isinstance(value, datetime) else value
-            for name in _FILTERS
-            if (value := getattr(filters, name)) is not None
-        }
+        given = _given(filters)
         return run_page(
             self.session,
             _call_pages(tuple(given)),
