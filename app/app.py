@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import (
     ai_profiles,
+    analytics,
     api_keys,
     calls,
     health,
@@ -153,6 +154,10 @@ def create_app() -> FastAPI:
             },
             {"name": "billing", "description": "Plans, usage and invoices."},
             {
+                "name": "analytics",
+                "description": "A range's figures and timeseries, in the tenant's timezone.",
+            },
+            {
                 "name": "webhooks",
                 "description": "Signed event deliveries to a tenant's URLs, and their log.",
             },
@@ -163,7 +168,16 @@ def create_app() -> FastAPI:
     # first (no two groups overlap, so the order changes nothing else).
     app.include_router(telephony.router)
     app.include_router(relay.router)
-    for module in (calls, phone_numbers, tenants, api_keys, ai_profiles, plans, webhooks):
+    for module in (
+        calls,
+        phone_numbers,
+        tenants,
+        api_keys,
+        ai_profiles,
+        plans,
+        webhooks,
+        analytics,
+    ):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
     if settings.cors_origins:

@@ -70,10 +70,14 @@ def seed(
             SELECT gen_random_uuid(), t.id, '+1212' || lpad((7000000 + t.idx * 3 + n)::text, 7, '0'),
                    'Line ' || n, 'active', p.id
             FROM bench_tenants t JOIN ai_profiles p ON p.tenant_id = t.id, generate_series(0, 2) n""",
+        # Each call's start (over the last 90 days) and duration, drawn here, once per row: an
+        # uncorrelated LATERAL subquery is evaluated once, and gave every call the same two values.
         """CREATE TEMP TABLE bench_call_owner AS
             SELECT g AS n,
                    CASE WHEN g <= :big_tenant_calls THEN 0
-                        ELSE 1 + floor((:tenants - 1) * power(random(), 2))::int END AS idx
+                        ELSE 1 + floor((:tenants - 1) * power(random(), 2))::int END AS idx,
+                   now() - make_interval(secs => (random() * 90 * 86400)::int) AS ts,
+                   (20 + random() * 400)::int AS d
             FROM generate_series(1, :calls) AS g""",
         """INSERT INTO calls (id, tenant_id, phone_number_id, ai_profile_id, direction, status,
                              from_number, to_number, provider_call_sid, started_at, answered_at,
@@ -85,14 +89,12 @@ def seed(
                         ELSE 'completed' END,
                    '+1415' || lpad((o.n % 10000000)::text, 7, '0'), pn.number,
                    'CAbench' || lpad(o.n::text, 26, '0'),
-                   ts, ts + interval '3 seconds', ts + make_interval(secs => 3 + d), d,
-                   ceil(d / 60.0)::int, 'completed', ts, ts
+                   o.ts, o.ts + interval '3 seconds', o.ts + make_interval(secs => 3 + o.d), o.d,
+                   ceil(o.d / 60.0)::int, 'completed', o.ts, o.ts
             FROM bench_call_owner o
             JOIN bench_tenants t ON t.idx = o.idx
             JOIN LATERAL (SELECT id, number, ai_profile_id FROM phone_numbers
-                          WHERE tenant_id = t.id ORDER BY number LIMIT 1) pn ON true,
-            LATERAL (SELECT now() - make_interval(secs => (random() * 90 * 86400)::int) AS ts,
-                            (20 + random() * 400)::int AS d) r""",
+                          WHERE tenant_id = t.id ORDER BY number LIMIT 1) pn ON true""",
         """INSERT INTO call_turns (id, tenant_id, call_id, seq, role, text, interrupted, latency_ms)
             SELECT gen_random_uuid(), c.tenant_id, c.id, s,
                    CASE WHEN s % 2 = 0 THEN 'caller' ELSE 'agent' END,

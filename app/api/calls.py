@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Generator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, status
+import anyio
+from fastapi import APIRouter, Depends, Query, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 
 from app.api.deps import (
     Callbacks,
@@ -26,6 +30,7 @@ from app.schemas.calls import (
     OutboundCallCreate,
 )
 from app.schemas.common import Page
+from app.services.analytics import EXPORT_EXAMPLE, export_calls_csv
 from app.services.calls import (
     CallService,
     ConcurrencyLimitReached,
@@ -40,12 +45,7 @@ router = APIRouter(
 )
 
 
-@router.get("", responses=error_responses(Unauthorized, NotFound))
-def list_calls(
-    session: DbSession,
-    scope: TenantContext,
-    limit: Limit = 20,
-    cursor: Cursor = None,
+async def call_filters(
     status: Annotated[CallStatus | None, Query()] = None,
     direction: Annotated[CallDirection | None, Query()] = None,
     phone_number_id: Annotated[uuid.UUID | None, Query()] = None,
@@ -56,8 +56,9 @@ def list_calls(
     started_before: Annotated[
         datetime | None, Query(description="started_at < this (RFC 3339; no offset = UTC).")
     ] = None,
-) -> Page[CallOut]:
-    filters = CallFilters(
+) -> CallFilters:
+    """The call list's filters, shared by the list and the export (async: no threadpool trip)."""
+    return CallFilters(
         status=status,
         direction=direction,
         phone_number_id=phone_number_id,
@@ -65,9 +66,60 @@ def list_calls(
         started_after=started_after,
         started_before=started_before,
     )
+
+
+Filters = Annotated[CallFilters, Depends(call_filters)]
+
+
+@router.get("", responses=error_responses(Unauthorized, NotFound))
+def list_calls(
+    session: DbSession,
+    scope: TenantContext,
+    filters: Filters,
+    limit: Limit = 20,
+    cursor: Cursor = None,
+) -> Page[CallOut]:
     page = CallService(session, scope).list(filters, limit=limit, cursor=cursor)
     items = [CallOut.model_validate(row) for row in page.items]
     return Page(items=items, next_cursor=page.next_cursor)
+
+
+# Declared before /{call_id}, which would otherwise take "export" for an id.
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/csv": {"example": EXPORT_EXAMPLE}},
+            "description": "Every matching call, newest first, as CSV with a header row.",
+        },
+        **error_responses(Unauthorized, NotFound),
+    },
+    summary="Export the calls matching the list's filters as CSV (streamed)",
+)
+def export_calls(
+    session: DbSession,  # only authentication's: committed before the rows stream in their own
+    scope: TenantContext,
+    filters: Filters,
+    format_: Annotated[Literal["csv"], Query(alias="format")] = "csv",
+) -> StreamingResponse:
+    """Times are in the tenant's timezone with their offset; a read-only key may export."""
+    return StreamingResponse(
+        _in_threadpool(export_calls_csv(scope, filters)),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="calls.csv"'},
+    )
+
+
+async def _in_threadpool(chunks: Generator[bytes, None, None]) -> AsyncIterator[bytes]:
+    """Starlette's iteration of a sync iterator, plus closing it in the threadpool too: a client
+    that hangs up mid-export ends the export's transaction off the event loop."""
+    try:
+        while (chunk := await run_in_threadpool(next, chunks, None)) is not None:
+            yield chunk
+    finally:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(chunks.close)
 
 
 @router.get("/{call_id}", responses=error_responses(Unauthorized, NotFound))

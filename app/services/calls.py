@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, String, Table, Uuid, func, literal, select
+from sqlalchemy import ColumnElement, Select, String, Table, Uuid, func, literal, select
 from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
@@ -102,6 +102,15 @@ def _as_sent(column: ColumnElement[Any]) -> ColumnElement[Any]:
 _CALL_COLUMNS = tuple(_as_sent(column) for column in cast(Table, Call.__table__).c)
 
 
+def apply_call_filters(statement: Select[Any], filters: CallFilters) -> Select[Any]:
+    """`statement` narrowed by the given filters, as the call list is (the CSV export lists
+    what the list would)."""
+    for name, condition in _FILTERS.items():
+        if (value := getattr(filters, name)) is not None:
+            statement = statement.where(condition(value))
+    return statement
+
+
 @lru_cache(maxsize=4)
 def _twilio(account_sid: str, auth_token: str, api_base_url: str | None) -> TwilioRest:
     return TwilioRest(
@@ -130,10 +139,9 @@ class CallService:
     def list(self, filters: CallFilters, *, limit: int, cursor: str | None) -> PageResult[Any]:
         """One page of the tenant's calls (a dict of every column of `calls` each) matching every
         given filter, newest first."""
-        statement = select(*_CALL_COLUMNS).where(tenant_filter(Call, self.scope))
-        for name, condition in _FILTERS.items():
-            if (value := getattr(filters, name)) is not None:
-                statement = statement.where(condition(value))
+        statement = apply_call_filters(
+            select(*_CALL_COLUMNS).where(tenant_filter(Call, self.scope)), filters
+        )
         return paginate(self.session, statement, Call, limit=limit, cursor=cursor, as_dicts=True)
 
     def get(self, call_id: uuid.UUID) -> tuple[Call, Sequence[CallTurn]]:
