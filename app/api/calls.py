@@ -88,6 +88,7 @@ def list_calls(
         **error_responses(Unauthorized, NotFound),
     },
     summary="Export the calls matching the list's filters as CSV (streamed)",
+    tags=["analytics"],
 )
 def export_calls(
     scope: TenantContext,
