@@ -314,3 +314,84 @@ def webhook_delivery(
 
 def quote(value: str) -> str:
     return urllib.parse.quote(value, safe="")
+
+
+# --------------------------------------------------------------------------- CSV export
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    """The uvicorn workers (and multiprocessing's resource tracker) under the server process."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    # The command may hold spaces: the parent pid is the 2nd field after ')'.
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == pid:
+                found.append(int(entry))
+    return found
+
+
+def csv_export(url: str, headers: dict[str, str], server_pid: int, *, runs: int) -> dict[str, Any]:
+    """Download the export `runs` times (one at a time), reading it as fast as the loopback goes,
+    while the API workers' RSS is sampled from /proc every 10 ms.
+
+    Rows are the lines after the header (the seeded calls carry no summary, so no line breaks
+    inside a field). RSS growth: the highest any worker reached minus what it held before the
+    first export.
+    """
+    import threading
+
+    workers = _children(server_pid)
+    baseline = {pid: _rss_kb(pid) for pid in workers}
+    peak = dict(baseline)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for pid in workers:
+                peak[pid] = max(peak[pid], _rss_kb(pid))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    timings = []
+    rows = 0
+    try:
+        for _ in range(runs):
+            request = urllib.request.Request(url, headers=headers)  # noqa: S310 - loopback
+            started = time.perf_counter()
+            lines = 0
+            with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310
+                while chunk := response.read(1 << 16):
+                    lines += chunk.count(b"\n")
+            timings.append(time.perf_counter() - started)
+            rows = lines - 1
+    finally:
+        done.set()
+        sampler.join()
+    best = min(timings)
+    growth_mb = max((peak[pid] - baseline[pid]) / 1024 for pid in workers) if workers else 0.0
+    return {
+        "rows": rows,
+        "runs": runs,
+        "seconds_best": round(best, 3),
+        "seconds_median": round(statistics.median(timings), 3),
+        "rows_per_second": round(rows / statistics.median(timings)),
+        "api_worker_rss_growth_mb": round(growth_mb, 1),
+        "api_workers": len(workers),
+    }

@@ -21,6 +21,7 @@ import urllib.request
 import warnings
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +252,7 @@ def main() -> int:
             LLM_MODEL="fake-model",
             LLM_TIMEOUT_SECONDS="5",
         )
-        stack.enter_context(serve("main:app", port, env, args.workers, RESULTS / "api.log"))
+        api = stack.enter_context(serve("main:app", port, env, args.workers, RESULTS / "api.log"))
         base = f"http://127.0.0.1:{port}"
         tenant = f"/api/v1/tenants/{fixtures['big_tenant_id']}"
         if not args.skip_http:
@@ -277,6 +278,24 @@ def main() -> int:
                 "call_detail_with_transcript", base, f"{tenant}/calls/{fixtures['call_with_turns']}"
             )
             load("phone_numbers_list", base, f"{tenant}/phone-numbers?limit=20")
+            settle(server)
+            # The big tenant's timezone is UTC: its local days are UTC days.
+            today = datetime.now(UTC).date()
+            tomorrow, first = today + timedelta(days=1), today - timedelta(days=89)
+            load("analytics_summary_30d", base, f"{tenant}/analytics/summary")
+            load(
+                "analytics_timeseries_90d",
+                base,
+                f"{tenant}/analytics/timeseries?interval=day&from={first}&to={tomorrow}",
+            )
+            settle(server)
+            print("CSV export…", flush=True)
+            from bench.phases import csv_export
+
+            extra["csv_export"] = csv_export(
+                f"{base}{tenant}/calls/export?format=csv", auth, api.pid, runs=3
+            )
+            print(f"  {extra['csv_export']}", flush=True)
         extra.update(run_extra_phases(env, fixtures, profile, base, llm, lambda: settle(server)))
 
     if args.skip_http:
@@ -475,6 +494,16 @@ def report(
     if deep and first:
         targets[f"page_{profile.deep_page}_within_1.2x_page_1"] = deep.p50_ms <= 1.2 * first.p50_ms
         targets["calls_page_ge_0.5x_select"] = first.rps >= 0.5 * select.rps
+    for name in ("analytics_summary_30d", "analytics_timeseries_90d"):
+        if name in by_name:
+            targets[f"{name}_ge_0.2x_select"] = by_name[name].rps >= 0.2 * select.rps
+    export = extra.get("csv_export")
+    if export and first:
+        # The list delivers 20 rows a page; the export must beat that rate five times over.
+        list_rows = 20 * first.rps
+        export["vs_list_rows_per_second"] = ratio(export["rows_per_second"], list_rows)
+        targets["export_rows_ge_5x_list_rows"] = export["rows_per_second"] >= 5 * list_rows
+        targets["export_rss_growth_lt_50mb"] = export["api_worker_rss_growth_mb"] < 50
     for key, value in extra.items():
         print(f"{key}: {value}")
     targets.update(extra.get("targets", {}))

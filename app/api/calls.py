@@ -96,6 +96,7 @@ def list_calls(
         **error_responses(Unauthorized, NotFound),
     },
     summary="Export the calls matching the list's filters as CSV (streamed)",
+    tags=["analytics"],
 )
 def export_calls(
     session: DbSession,  # only authentication's: committed before the rows stream in their own

@@ -262,7 +262,12 @@ def test_limits_are_inclusive(client: TestClient, tenant: TenantFixture) -> None
         **{"from": "2026-01-01T00:00:00Z", "to": "2026-03-25T08:00:00Z"},
     )
     assert len(hours) == 2000
-    # An offset whose '+' arrived unencoded (a space) is still the offset it was meant to be.
+
+
+def test_an_offset_plus_sent_unencoded_is_still_a_plus(
+    client: TestClient, tenant: TenantFixture
+) -> None:
+    # "+05:45" in a query string that was not URL-encoded arrives as " 05:45".
     spaced = _get(client, tenant, "/analytics/summary", **{"from": "2026-03-01T00:00:00 05:45"})
     assert spaced["from"] == "2026-02-28T18:15:00Z"
 
