@@ -73,6 +73,9 @@ class AIProfileTotals(BaseModel):
 
 
 class AnalyticsSummary(_Out):
+    as_of: datetime = Field(
+        description="When these figures were counted (at most MAX_STALENESS_SECONDS, 2 s, ago)."
+    )
     from_: datetime = Field(alias="from", description="Range start (inclusive), local time.")
     to: datetime = Field(description="Range end (exclusive), local time.")
     timezone: str = Field(description="The tenant's IANA timezone the range is read in.")
@@ -107,6 +110,7 @@ class Bucket(BaseModel):
 
 
 class AnalyticsTimeseries(_Out):
+    as_of: datetime = Field(description="When these figures were counted (at most 2 s ago).")
     from_: datetime = Field(alias="from")
     to: datetime
     timezone: str

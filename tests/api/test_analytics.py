@@ -11,6 +11,7 @@ import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from time import sleep
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -19,6 +20,7 @@ from sqlalchemy import insert, update
 from starlette.testclient import TestClient
 
 from app.schemas.calls import CallFilters
+from app.services.analytics import MAX_STALENESS_SECONDS
 from tests.helpers import (
     TenantFixture,
     create_number_and_profile,
@@ -752,8 +754,9 @@ def test_every_figure_equals_a_recount(
         _check_series(client, tenant, world, tz, "hour", "2026-03-07", "2026-03-10")
         _check_series(client, tenant, world, tz, "week", "2026-02-20", "2026-03-30")
         _check_series(client, tenant, world, tz, "month", "2026-02-01", "2026-04-01")
-    # Late status callbacks: the figures follow at once.
+    # Late status callbacks: the figures follow within the stated staleness.
     _late_callbacks(tenant, world, rng)
+    sleep(MAX_STALENESS_SECONDS)
     _check_summary(client, tenant, world, ZoneInfo(ST_JOHNS))
     _check_series(client, tenant, world, ZoneInfo(ST_JOHNS), "day", "2026-02-21", "2026-03-31")
     # And the export lists exactly these calls, with the same values.
@@ -764,3 +767,20 @@ def test_every_figure_equals_a_recount(
         call = by_id[uuid.UUID(row["id"])]
         assert (row["status"], row["end_reason"] or None) == (call.status, call.end_reason)
         assert datetime.fromisoformat(row["started_at"]) == call.started_at.replace(microsecond=0)
+
+
+def test_figures_are_at_most_two_seconds_old_and_say_when_they_were_counted(
+    client: TestClient, tenant: TenantFixture, other_tenant: TenantFixture
+) -> None:
+    window = {"from": "2026-05-01", "to": "2026-05-02"}
+    moment = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    _bulk_calls(tenant.id, [{"started_at": moment, "status": "completed"}])
+    first = _get(client, tenant, "/analytics/summary", **window)
+    assert first["totals"]["calls"] == 1
+    # The same question of another tenant, at once, is counted for that tenant.
+    assert _get(client, other_tenant, "/analytics/summary", **window)["totals"]["calls"] == 0
+    _bulk_calls(tenant.id, [{"started_at": moment, "status": "completed"}])
+    sleep(MAX_STALENESS_SECONDS)
+    later = _get(client, tenant, "/analytics/summary", **window)
+    assert later["totals"]["calls"] == 2
+    assert datetime.fromisoformat(later["as_of"]) > datetime.fromisoformat(first["as_of"])
