@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Row, Table, func, select, text
+from sqlalchemy import ColumnElement, Row, Table, func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -35,6 +35,7 @@ from app.models import (
 from app.models.base import new_id, utcnow
 from app.models.invoice import InvoiceStatus
 from app.services import events
+from app.services.invoice_pdf import render_invoice_pdf
 from app.services.pagination import PageResult, paginate
 from app.services.scope import TenantScope, get_scoped, get_scoped_for_update, scoped
 
@@ -193,16 +194,19 @@ def meter_call(session: Session, call: Call, now: datetime) -> None:
     _announce_thresholds(session, call.tenant_id, period)
 
 
+def _minutes(session: Session, *conditions: ColumnElement[bool]) -> int:
+    """The sum of the minutes of the usage records matching `conditions` (tenant included)."""
+    return int(session.scalar(select(func.sum(UsageRecord.minutes)).where(*conditions)) or 0)
+
+
 def _announce_thresholds(session: Session, tenant_id: uuid.UUID, period: Row[Any]) -> None:
     locked = session.scalars(
         scoped(BillingPeriod, tenant_id)
         .where(BillingPeriod.id == period.id)
         .with_for_update(key_share=True)
     ).one()
-    used = session.scalar(
-        select(func.coalesce(func.sum(UsageRecord.minutes), 0)).where(
-            UsageRecord.tenant_id == tenant_id, UsageRecord.period == period.period
-        )
+    used = _minutes(
+        session, UsageRecord.tenant_id == tenant_id, UsageRecord.period == period.period
     )
     reached = [
         percent
@@ -235,15 +239,28 @@ def _announce_thresholds(session: Session, tenant_id: uuid.UUID, period: Row[Any
 
 @dataclass(frozen=True)
 class PlanHeld:
-    plan: Plan
+    catalogue: Plan
     microseconds: int  # how long in the period, summed over its spans
     included_minutes: int  # its included minutes, prorated (rounded down)
+
+    @property
+    def plan(self) -> str:
+        return self.catalogue.name
+
+    @property
+    def seconds(self) -> int:
+        return self.microseconds // 1_000_000
+
+    @property
+    def base_fee_cents(self) -> int:
+        return self.catalogue.base_fee_cents
 
 
 @dataclass
 class Charges:
     bounds: PeriodBounds
     plans: list[PlanHeld]
+    final_plan: Plan | None  # the plan held at the period's end: its overage price applies
     included_minutes: int
     used_minutes: int
     calls: int
@@ -255,6 +272,22 @@ class Charges:
     def total_cents(self) -> int:
         return sum(line["amount_cents"] for line in self.lines)
 
+    @property
+    def period(self) -> str:
+        return self.bounds.period
+
+    @property
+    def period_start(self) -> datetime:
+        return self.bounds.local(self.bounds.starts_at)
+
+    @property
+    def period_end(self) -> datetime:
+        return self.bounds.local(self.bounds.ends_at)
+
+    @property
+    def timezone(self) -> str:
+        return self.bounds.timezone
+
 
 def _microseconds(delta: timedelta) -> int:
     return delta // timedelta(microseconds=1)
@@ -263,10 +296,6 @@ def _microseconds(delta: timedelta) -> int:
 def _prorate_cents(amount: int, part: int, whole: int) -> int:
     """amount × part / whole in cents, rounded half up, once."""
     return (2 * amount * part + whole) // (2 * whole)
-
-
-def _dollars(cents: int) -> str:
-    return f"${cents // 100:,}.{cents % 100:02d}"
 
 
 class BillingService:
@@ -286,8 +315,9 @@ class BillingService:
         label = parse_period(period) if period else period_at(self.session, self.tenant_id, now)
         return self.charges(period_bounds(self.session, self.tenant_id, label))
 
-    def plans_held(self, bounds: PeriodBounds) -> list[tuple[Plan, int]]:
-        """The plans held in the period with how long (µs), in order, from the plan history.
+    def plans_held(self, bounds: PeriodBounds) -> tuple[list[tuple[Plan, int]], Plan | None]:
+        """The plans held in the period with how long (µs), in order of first holding, and the
+        plan held at its end (None if none: the tenant did not exist), from the plan history.
 
         Before the tenant's first history row it held no plan (it did not exist); a tenant without
         history (made by bulk SQL) held its current plan all along.
@@ -319,17 +349,16 @@ class BillingService:
         for name, start, end in spans:
             held[name] = held.get(name, 0) + _microseconds(end - start)
         catalogue = {p.name: p for p in self.session.scalars(select(Plan))}
-        return [(catalogue[name], us) for name, us in held.items() if us > 0]
+        final = catalogue[spans[-1][0]] if spans else None
+        return [(catalogue[name], us) for name, us in held.items() if us > 0], final
 
     def charges(self, bounds: PeriodBounds) -> Charges:
         """The lines of the period's invoice: one prorated base fee per plan held, the overage of
         the period's own usage at the price of the plan held at its end, and the late usage of
         earlier periods billed to this one."""
         whole = bounds.microseconds
-        plans = [
-            PlanHeld(plan, us, plan.included_minutes * us // whole)
-            for plan, us in self.plans_held(bounds)
-        ]
+        held_plans, final_plan = self.plans_held(bounds)
+        plans = [PlanHeld(plan, us, plan.included_minutes * us // whole) for plan, us in held_plans]
         used, calls = self.session.execute(
             select(func.coalesce(func.sum(UsageRecord.minutes), 0), func.count()).where(
                 UsageRecord.tenant_id == self.tenant_id,
@@ -339,26 +368,22 @@ class BillingService:
         ).one()
         included = sum(held.included_minutes for held in plans)
         overage = max(0, used - included)
-        final_plan = plans[-1].plan if plans else None
         price = final_plan.overage_cents_per_minute if final_plan else None
-        charges = Charges(bounds, plans, included, used, calls, overage, price)
+        charges = Charges(bounds, plans, final_plan, included, used, calls, overage, price)
         for held in plans:
-            share = f"{held.microseconds // 1_000_000:,} of {whole // 1_000_000:,} s"
+            fee = _prorate_cents(held.base_fee_cents, held.microseconds, whole)
+            share = f"{held.seconds:,} of {whole // 1_000_000:,} s"
             charges.lines.append(
                 {
                     "kind": "base_fee",
                     "description": (
-                        f"{held.plan.name.capitalize()} plan, {bounds.period}"
-                        + ("" if held.microseconds == whole else f" (prorated, {share})")
+                        f"{held.plan.capitalize()} plan, {bounds.period}"
+                        + ("" if held.microseconds == whole else f", prorated ({share})")
                     ),
-                    "plan": held.plan.name,
+                    "plan": held.plan,
                     "quantity": 1,
-                    "unit_amount_cents": _prorate_cents(
-                        held.plan.base_fee_cents, held.microseconds, whole
-                    ),
-                    "amount_cents": _prorate_cents(
-                        held.plan.base_fee_cents, held.microseconds, whole
-                    ),
+                    "unit_amount_cents": fee,
+                    "amount_cents": fee,
                 }
             )
         if overage > 0 and price is not None and final_plan is not None:
@@ -395,13 +420,12 @@ class BillingService:
             earlier = self.session.scalars(
                 scoped(Invoice, self.tenant_id).where(Invoice.period == late_period)
             ).one_or_none()
-            billed_since = self.session.scalar(
-                select(func.coalesce(func.sum(UsageRecord.minutes), 0)).where(
-                    UsageRecord.tenant_id == self.tenant_id,
-                    UsageRecord.period == late_period,
-                    UsageRecord.billed_period > late_period,
-                    UsageRecord.billed_period < period,
-                )
+            billed_since = _minutes(
+                self.session,
+                UsageRecord.tenant_id == self.tenant_id,
+                UsageRecord.period == late_period,
+                UsageRecord.billed_period > late_period,
+                UsageRecord.billed_period < period,
             )
             included = earlier.included_minutes if earlier else 0
             before = (earlier.used_minutes if earlier else 0) + billed_since
@@ -465,7 +489,7 @@ class BillingService:
             lines=charges.lines,
             subtotal_cents=charges.total_cents,
             total_cents=charges.total_cents,
-            plan=charges.plans[-1].plan.name if charges.plans else None,
+            plan=charges.final_plan.name if charges.final_plan else None,
             included_minutes=charges.included_minutes,
             used_minutes=charges.used_minutes,
             overage_cents_per_minute=charges.overage_cents_per_minute,
@@ -521,6 +545,12 @@ class BillingService:
         invoice.void_reason = reason
         self.session.flush()
         return invoice
+
+    def invoice_pdf(self, invoice_id: uuid.UUID) -> tuple[Invoice, bytes]:
+        """The invoice and its PDF (app/services/invoice_pdf.py), with the tenant's name."""
+        invoice = self.get_invoice(invoice_id)
+        tenant = self.session.get(Tenant, self.tenant_id)
+        return invoice, render_invoice_pdf(invoice, tenant.name if tenant else "")
 
     def _scope(self) -> TenantScope:
         if isinstance(self.scope, TenantScope):
