@@ -322,15 +322,16 @@ class BillingService:
         Before the tenant's first history row it held no plan (it did not exist); a tenant without
         history (made by bulk SQL) held its current plan all along.
         """
-        changes = list(
+        history = list(
             self.session.scalars(
-                scoped(PlanChange, self.tenant_id)
-                .where(PlanChange.changed_at < bounds.ends_at)
-                .order_by(PlanChange.changed_at, PlanChange.created_at)
+                scoped(PlanChange, self.tenant_id).order_by(
+                    PlanChange.changed_at, PlanChange.created_at
+                )
             )
         )
+        changes = [change for change in history if change.changed_at < bounds.ends_at]
         spans: list[tuple[str, datetime, datetime]] = []
-        if not changes:
+        if not history:
             tenant = self.session.get(Tenant, self.tenant_id)
             if tenant is None:
                 raise NotFound("Tenant not found.")

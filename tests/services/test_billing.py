@@ -449,9 +449,14 @@ def test_a_void_keeps_the_number_and_an_issued_invoice_never_changes(
 def test_the_worker_closes_each_tenants_previous_period_once(owner_engine: Engine) -> None:
     tenant_id = create_billing_tenant(plan="starter", since=datetime(2026, 10, 1, tzinfo=UTC))
     now = datetime.now(UTC)
+    newcomer = create_billing_tenant(plan="pro", since=now)  # held no plan last month
     previous = billing.previous_period(now.strftime("%Y-%m"))
     billing.close_due_periods(now)
     billing.close_due_periods(now)
+    assert count_tenant_rows(owner_engine, "invoices", newcomer) == 0
+    assert (
+        count_tenant_rows(owner_engine, "billing_periods", newcomer, "closed_at IS NOT NULL") == 1
+    )
     invoices = _rows(
         owner_engine, "SELECT period, total_cents FROM invoices WHERE tenant_id = :t", t=tenant_id
     )
