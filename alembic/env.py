@@ -36,6 +36,13 @@ def _grant_app_role(connection) -> None:  # type: ignore[no-untyped-def]
     if connection.scalar(text("SELECT to_regclass('public.plans') IS NOT NULL")):
         # The plan catalogue changes only by migration.
         connection.execute(text(f"REVOKE INSERT, UPDATE, DELETE ON plans FROM {role}"))
+    if connection.scalar(text("SELECT to_regclass('public.invoices') IS NOT NULL")):
+        # An issued invoice never changes and is never deleted (SPEC 9); it may only be voided.
+        # (A tenant's deletion still cascades: the cascade runs as the tables' owner.)
+        connection.execute(text(f"REVOKE UPDATE, DELETE ON invoices FROM {role}"))
+        connection.execute(
+            text(f"GRANT UPDATE (status, voided_at, void_reason, updated_at) ON invoices TO {role}")
+        )
 
 
 def run_migrations_offline() -> None:

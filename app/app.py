@@ -18,6 +18,7 @@ from app.api import (
     ai_profiles,
     analytics,
     api_keys,
+    billing,
     calls,
     health,
     phone_numbers,
@@ -177,6 +178,7 @@ def create_app() -> FastAPI:
         plans,
         webhooks,
         analytics,
+        billing,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)

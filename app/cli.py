@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from pathlib import Path
 
 from app.config.database import transaction
 from app.models import Tenant
 from app.schemas.tenants import ApiKeyCreate, TenantCreate
+from app.services import billing
 from app.services.api_keys import ApiKeyService
 from app.services.scope import Principal, Role, TenantScope
 from app.services.tenants import TenantService
@@ -70,6 +72,49 @@ def seed_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def close_period(args: argparse.Namespace) -> int:
+    """Close YYYY-MM into invoices: one tenant's (--tenant) or every tenant's whose period it is
+    due. Safe to run beside the worker, and again: a closed period keeps its one invoice."""
+    try:
+        period = billing.parse_period(args.period)
+    except billing.InvalidPeriod as exc:
+        print(exc.detail, file=sys.stderr)
+        return 2
+    if args.tenant:
+        tenant = _find_tenant(args.tenant)
+        if tenant is None:
+            print(f"No tenant with slug {args.tenant!r}.", file=sys.stderr)
+            return 1
+        tenant_ids = [tenant.id]
+    else:
+        tenant_ids = _all_tenant_ids()
+    failed = 0
+    for tenant_id in tenant_ids:
+        try:
+            invoice = billing.close_period(tenant_id, period)
+        except billing.PeriodNotEnded as exc:
+            print(f"{tenant_id}: {exc.detail}", file=sys.stderr)
+            failed += 1
+            continue
+        if invoice is None:
+            print(f"{tenant_id}: {period} closed, nothing to bill")
+        else:
+            print(f"{tenant_id}: {invoice.number} {invoice.status} {invoice.total_cents} cents")
+    return 1 if failed else 0
+
+
+def _all_tenant_ids() -> list[uuid.UUID]:
+    ids: list[uuid.UUID] = []
+    cursor = None
+    while True:
+        with transaction() as session:
+            page = TenantService(session).list(limit=100, cursor=cursor)
+        ids.extend(tenant.id for tenant in page.items)
+        if page.next_cursor is None:
+            return ids
+        cursor = page.next_cursor
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.cli", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("seed-demo", help="create the demo tenant and its key (idempotent)")
     demo.add_argument("--key-file", default=".data/demo-api-key")
     demo.set_defaults(func=seed_demo)
+
+    close = commands.add_parser(
+        "close-period", help="invoice a billing period (YYYY-MM) that has ended plus one hour"
+    )
+    close.add_argument("period", help="the month, YYYY-MM, in each tenant's timezone")
+    close.add_argument("--tenant", help="one tenant's slug (default: every tenant)")
+    close.set_defaults(func=close_period)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -39,6 +39,7 @@ from app.config.database import get_engine, system_scope, transaction
 from app.config.settings import settings
 from app.logging import configure_logging
 from app.models.base import utcnow
+from app.services.billing import PeriodCloser
 from app.services.events import NOTIFY_CHANNEL
 from app.services.webhooks import (
     ClaimedDelivery,
@@ -439,9 +440,12 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     logger.info("worker started", extra={"concurrency": worker.concurrency})
+    closer = PeriodCloser()  # billing: invoices every tenant's ended periods, once a minute
+    closer.start()
     try:
         worker.run_forever()
     finally:
+        closer.stop()
         worker.close()
         close_shared_transports()
         get_engine().dispose()

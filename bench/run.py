@@ -296,6 +296,9 @@ def main() -> int:
                 f"{base}{tenant}/calls/export?format=csv", auth, api.pid, runs=3
             )
             print(f"  {extra['csv_export']}", flush=True)
+            extra["billing_close"] = run_billing_phase(
+                env, fixtures, owner, base, profile, post, by_name=lambda: results
+            )
         extra.update(run_extra_phases(env, fixtures, profile, base, llm, lambda: settle(server)))
 
     if args.skip_http:
@@ -407,6 +410,75 @@ def signed_status_requests(env: dict[str, str], owner: Any) -> list[tuple[str, s
     return requests
 
 
+def run_billing_phase(
+    env: dict[str, str],
+    fixtures: dict[str, Any],
+    owner: Any,
+    base: str,
+    profile: Profile,
+    post: Any,
+    by_name: Any,
+) -> dict[str, Any]:
+    """Close a month for every tenant (tenants/s), then the voice webhook's p99 alone and while
+    closes run (each round closes an earlier month, so every close in it is a real one)."""
+    import threading
+    from datetime import UTC, datetime
+
+    from app.services.billing import close_period, previous_period
+
+    with owner.begin() as conn:
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        tenant_ids = list(conn.scalars(text("SELECT id FROM tenants ORDER BY id")))
+    month = previous_period(datetime.now(UTC).strftime("%Y-%m"))
+    print(f"Billing close of {month} for {len(tenant_ids):,} tenants…", flush=True)
+    started = time.perf_counter()
+    invoices = sum(1 for t in tenant_ids if close_period(t, month) is not None)
+    elapsed = time.perf_counter() - started
+    result: dict[str, Any] = {
+        "tenants": len(tenant_ids),
+        "invoices": invoices,
+        "seconds": round(elapsed, 2),
+        "tenants_per_second": round(len(tenant_ids) / elapsed, 1),
+    }
+    print(f"  {result}", flush=True)
+
+    def voice_p99(name: str) -> float:
+        post(name, base + "/telephony/twilio/voice", voice_requests())
+        return float(by_name()[-1].p99_ms)
+
+    def voice_requests() -> list[tuple[str, str]]:
+        return signed_voice_requests(env, fixtures, count=int(3000 * profile.seconds))
+
+    alone = voice_p99("voice_webhook_before_close")
+    stop = threading.Event()
+    closed = [0]
+
+    def close_earlier_months() -> None:
+        period = month
+        while not stop.is_set():
+            period = previous_period(period)
+            for tenant_id in tenant_ids:
+                if stop.is_set():
+                    return
+                close_period(tenant_id, period)
+                closed[0] += 1
+
+    closer = threading.Thread(target=close_earlier_months, daemon=True)
+    closer.start()
+    during = voice_p99("voice_webhook_during_close")
+    stop.set()
+    closer.join(timeout=120)
+    result.update(
+        voice_p99_alone_ms=alone,
+        voice_p99_during_close_ms=during,
+        voice_p99_ratio=round(during / alone, 2) if alone else None,
+        closes_during_voice_load=closed[0],
+    )
+    result["targets"] = {"voice_p99_during_close_le_1.5x": during <= 1.5 * alone}
+    print(f"  {result}", flush=True)
+    return result
+
+
 def run_extra_phases(
     env: dict[str, str],
     fixtures: dict[str, Any],
@@ -507,6 +579,7 @@ def report(
     for key, value in extra.items():
         print(f"{key}: {value}")
     targets.update(extra.get("targets", {}))
+    targets.update(extra.get("billing_close", {}).get("targets", {}))
     print("targets:", json.dumps(targets, indent=1))
     payload = {
         "profile": profile.name,

@@ -40,6 +40,10 @@ def reset(engine: Engine) -> int:
         conn.execute(text("DELETE FROM webhook_endpoints"))  # and their deliveries
         conn.execute(text("DELETE FROM webhook_events"))
         conn.execute(text("DELETE FROM api_keys WHERE name = 'bench'"))  # one per run
+        # The billing phase's closes: its invoices, periods and numbers.
+        conn.execute(text("DELETE FROM invoices"))
+        conn.execute(text("DELETE FROM billing_periods"))
+        conn.execute(text("DELETE FROM invoice_counters"))
     if removed:
         with engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE"))
@@ -104,9 +108,9 @@ def seed(
             FROM (SELECT id, tenant_id FROM calls WHERE provider_call_sid LIKE 'CAbench%'
                   ORDER BY provider_call_sid LIMIT :turn_sample) c,
                  generate_series(0, 7) s""",
-        """INSERT INTO usage_records (id, tenant_id, call_id, period, minutes)
+        """INSERT INTO usage_records (id, tenant_id, call_id, period, billed_period, minutes)
             SELECT gen_random_uuid(), tenant_id, id, to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM'),
-                   billable_minutes
+                   to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM'), billable_minutes
             FROM calls WHERE status = 'completed' AND provider_call_sid LIKE 'CAbench%'""",
     ]
     with engine.begin() as conn:

@@ -360,3 +360,71 @@ def plan(name: str) -> Any:
 
     with transaction() as session:
         return PlanService(session).get(name)
+
+
+def create_billing_tenant(
+    *, plan: str = "starter", timezone: str = "UTC", since: Any = None, name: str = "Billed"
+) -> uuid.UUID:
+    """A tenant made by the services in `timezone`, holding `plan` since `since` (its plan
+    history is backdated: billing prorates from the tenant's creation)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    from app.config.database import system_scope, transaction
+    from app.schemas.tenants import TenantCreate
+    from app.services.tenants import TenantService
+
+    with transaction() as session:
+        tenant = TenantService(session).create(
+            TenantCreate(name=name, slug=unique_slug("bill"), plan=plan, timezone=timezone)
+        )
+        with system_scope(session):
+            session.execute(
+                text("UPDATE plan_changes SET changed_at = :since WHERE tenant_id = :tid"),
+                {"since": since or datetime(2025, 1, 1, tzinfo=UTC), "tid": tenant.id},
+            )
+    return tenant.id
+
+
+def end_call_at(
+    tenant_id: uuid.UUID,
+    ended_at: Any,
+    *,
+    seconds: int,
+    started_at: Any = None,
+    send: bool = True,
+) -> tuple[uuid.UUID, dict[str, str]]:
+    """A talking call of `tenant_id` ended by Twilio's `completed` status callback, whose
+    Timestamp says `ended_at` (UTC); returns the call's id and the callback's form (to replay).
+    `send=False`: the call is left talking, the callback not yet applied."""
+    from datetime import timedelta
+    from email.utils import format_datetime
+
+    call_sid = twilio_call_sid()
+    started = started_at or ended_at - timedelta(seconds=seconds)
+    call_id = insert_call(
+        tenant_id,
+        status="in_progress",
+        provider_call_sid=call_sid,
+        started_at=started,
+        answered_at=started,
+    )
+    form = {
+        "CallSid": call_sid,
+        "CallStatus": "completed",
+        "CallDuration": str(seconds),
+        "Timestamp": format_datetime(ended_at, usegmt=True),
+    }
+    if send:
+        apply_status_callback(form)
+    return call_id, form
+
+
+def apply_status_callback(form: dict[str, str]) -> None:
+    """A (signed) status callback as the endpoint applies it, in a transaction of its own."""
+    from app.config.database import transaction
+    from app.services.telephony import TelephonyService
+
+    with transaction() as session:
+        TelephonyService(session, twilio_urls()).apply_status_callback(form)

@@ -5,7 +5,7 @@ becomes an InitPlan, read once. A 100,000-call aggregate took half the time (80 
 fast as a role that bypasses RLS. The policy's meaning is unchanged.
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-04 21:25:01
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "0012"
-down_revision: str | None = "0010"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -30,6 +30,9 @@ TABLES = {
     "webhook_events": "tenant_id",
     "webhook_deliveries": "tenant_id",
     "webhook_delivery_attempts": "tenant_id",
+    "billing_periods": "tenant_id",
+    "invoices": "tenant_id",
+    "plan_changes": "tenant_id",
 }
 ONCE_PER_QUERY = (
     "{column} = (SELECT NULLIF(current_setting('app.tenant_id', true), '')::uuid)"

@@ -3,10 +3,13 @@
 from app.models.ai_profile import AIProfile
 from app.models.api_key import ApiKey
 from app.models.base import Base
+from app.models.billing_period import BillingPeriod
 from app.models.call import Call
 from app.models.call_turn import CallTurn
+from app.models.invoice import Invoice, InvoiceCounter
 from app.models.phone_number import PhoneNumber
 from app.models.plan import Plan
+from app.models.plan_change import PlanChange
 from app.models.tenant import Tenant
 from app.models.usage_record import UsageRecord
 from app.models.webhook_delivery import WebhookDelivery
@@ -18,10 +21,14 @@ __all__ = [
     "AIProfile",
     "ApiKey",
     "Base",
+    "BillingPeriod",
     "Call",
     "CallTurn",
+    "Invoice",
+    "InvoiceCounter",
     "PhoneNumber",
     "Plan",
+    "PlanChange",
     "Tenant",
     "UsageRecord",
     "WebhookDelivery",

@@ -8,7 +8,9 @@ from pydantic import AfterValidator, Field
 
 from app.schemas.common import RequestModel, ResponseModel
 
-EventType = Literal["call.started", "call.ended", "usage.threshold_reached", "webhook.test"]
+EventType = Literal[
+    "call.started", "call.ended", "usage.threshold_reached", "invoice.issued", "webhook.test"
+]
 DeliveryStatus = Literal["pending", "delivering", "succeeded", "failed", "dead"]
 
 URL_FIELD = Field(

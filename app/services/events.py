@@ -22,7 +22,13 @@ from sqlalchemy.orm import Session
 
 from app.models.base import new_id, utcnow
 
-EVENT_TYPES = ("call.started", "call.ended", "usage.threshold_reached", "webhook.test")
+EVENT_TYPES = (
+    "call.started",
+    "call.ended",
+    "usage.threshold_reached",
+    "invoice.issued",
+    "webhook.test",
+)
 
 # The channel the workers LISTEN on; the payload is empty (the rows are the message).
 NOTIFY_CHANNEL = "webhook_deliveries"

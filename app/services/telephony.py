@@ -12,20 +12,20 @@ import math
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 from twilio.twiml.voice_response import VoiceResponse
 
 from app.config.database import bind_tenant
-from app.models import Call, CallTurn, Tenant, UsageRecord
+from app.models import Call, CallTurn, Tenant
 from app.models.base import new_id, utcnow
 from app.models.call import CallStatus
-from app.services import events
+from app.services import billing, events
 from app.services.scope import Principal, Role, TenantScope, scoped
 from app.telephony import twiml
 from app.telephony.urls import TwilioUrls
@@ -55,11 +55,6 @@ TWILIO_CALL_STATUSES = {
 REJECT_TENANT_SUSPENDED = "tenant_suspended"
 REJECT_CONCURRENCY_LIMIT = "concurrency_limit"
 REJECT_MINUTES_EXHAUSTED = "minutes_exhausted"
-
-
-def billing_period(moment: datetime) -> str:
-    """The UTC month `moment` falls in, as YYYY-MM (the usage_records period)."""
-    return moment.astimezone(UTC).strftime("%Y-%m")
 
 
 def telephony_scope(tenant: Tenant) -> TenantScope:
@@ -92,13 +87,8 @@ def call_limit_violation(session: Session, tenant: Tenant) -> str | None:
     concurrency only if the caller holds the tenant row lock (`lock_tenant`) until its new call
     is stored.
     """
-    now = utcnow()
     reason: str | None = session.scalar(
-        select(
-            func.call_limit_violation(
-                tenant.id, tenant.status, tenant.plan, now, billing_period(now)
-            )
-        )
+        select(func.call_limit_violation(tenant.id, tenant.status, tenant.plan, utcnow()))
     )
     return reason
 
@@ -110,7 +100,6 @@ _ANSWER_ROW = func.answer_inbound_call(
     bindparam("from_number"),
     bindparam("outbound"),
     bindparam("now"),
-    bindparam("period"),
 ).table_valued(
     "outcome", "call_id", "call_status", "ai_profile_id", "greeting", "language", "voice"
 )
@@ -196,10 +185,15 @@ def _parse_duration(raw: str | None) -> int | None:
     return value if value >= 0 else None
 
 
-_USAGE = cast(Table, UsageRecord.__table__)
-_INSERT_USAGE = pg_insert(_USAGE).on_conflict_do_nothing(
-    index_elements=[_USAGE.c.tenant_id, _USAGE.c.call_id]
-)
+def _parse_event_time(raw: str | None) -> datetime | None:
+    """Twilio's `Timestamp` of a status callback (RFC 2822), or None if absent or unreadable."""
+    if not raw or not raw.strip():
+        return None
+    try:
+        moment = parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def relay_twiml(call_id: uuid.UUID, profile: AnsweringProfile, urls: TwilioUrls) -> str:
@@ -264,7 +258,6 @@ class TelephonyService:
                 "from_number": form.get("From", "").strip()[:32] or "unknown",
                 "outbound": form.get("Direction", "inbound").startswith("outbound"),
                 "now": now,
-                "period": billing_period(now),
             },
         ).one()
         if row.outcome == "unknown_outbound":
@@ -308,18 +301,30 @@ class TelephonyService:
         ).one_or_none()
         if call is None:
             return
-        self.transition(call, status, duration_seconds=_parse_duration(form.get("CallDuration")))
+        self.transition(
+            call,
+            status,
+            duration_seconds=_parse_duration(form.get("CallDuration")),
+            event_time=_parse_event_time(form.get("Timestamp")),
+        )
 
     def transition(
-        self, call: Call, status: CallStatus, *, duration_seconds: int | None = None
+        self,
+        call: Call,
+        status: CallStatus,
+        *,
+        duration_seconds: int | None = None,
+        event_time: datetime | None = None,
     ) -> bool:
         """Move `call` to `status` if that is a step forward; returns whether anything changed.
 
         The caller must hold the call's row lock (`SELECT ... FOR UPDATE`) in a transaction bound
         to the call's tenant: with the terminal check below, that makes the end of a call happen
         once. `in_progress` sets answered_at. A terminal status sets ended_at, duration_seconds,
-        billable_minutes (ceil(duration / 60), only for a call that connected), one usage record
-        for the UTC month of ended_at, and emits `call.ended`.
+        billable_minutes (ceil(duration / 60), only for a call that connected), meters it once in
+        the billing period of ended_at (app/services/billing.py), and emits `call.ended`.
+        ended_at is Twilio's `event_time` when it is plausible (after the call started, not in
+        the future): a callback arriving late is still billed to the period the call ended in.
         """
         current = CallStatus(call.status)
         if current.is_terminal or status.rank <= current.rank:
@@ -329,38 +334,35 @@ class TelephonyService:
         if status is CallStatus.in_progress:
             call.answered_at = call.answered_at or now
         if status.is_terminal:
-            self._end(call, status, duration_seconds, now)
+            self._end(call, status, duration_seconds, now, event_time)
         self.session.flush()
         return True
 
     def _end(
-        self, call: Call, status: CallStatus, duration_seconds: int | None, now: datetime
+        self,
+        call: Call,
+        status: CallStatus,
+        duration_seconds: int | None,
+        now: datetime,
+        event_time: datetime | None,
     ) -> None:
+        started = call.started_at or call.created_at
+        if event_time is not None and (event_time > now or (started and event_time < started)):
+            event_time = None
+        ended_at = event_time or now
         if duration_seconds is None:
             # No CallDuration: measure from the answer, if there was one.
             answered = call.answered_at
-            duration_seconds = int((now - answered).total_seconds()) if answered else 0
+            duration_seconds = max(0, int((ended_at - answered).total_seconds())) if answered else 0
         connected = duration_seconds > 0 and (
             call.answered_at is not None or status is CallStatus.completed
         )
         if connected and call.answered_at is None:
-            call.answered_at = now - timedelta(seconds=duration_seconds)
-        call.ended_at = now
+            call.answered_at = ended_at - timedelta(seconds=duration_seconds)
+        call.ended_at = ended_at
         call.duration_seconds = duration_seconds
         call.billable_minutes = math.ceil(duration_seconds / 60) if connected else 0
         self.session.flush()
-        # Unique (tenant_id, call_id): even a second path to this point could not meter twice.
-        self.session.execute(
-            _INSERT_USAGE,
-            {
-                "id": new_id(),
-                "tenant_id": call.tenant_id,
-                "call_id": call.id,
-                "period": billing_period(now),
-                "minutes": call.billable_minutes,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
+        billing.meter_call(self.session, call, now)
         turns = turns_of_call(self.session, call.tenant_id, call.id)
         events.emit_event(self.session, call.tenant_id, "call.ended", call_ended_data(call, turns))

@@ -8,11 +8,13 @@ from sqlalchemy.orm import Session
 
 from app.config.database import system_scope
 from app.errors import Conflict, Forbidden, NotFound
-from app.models import Tenant
+from app.models import PlanChange, Tenant
+from app.models.base import utcnow
 from app.schemas.tenants import TenantCreate, TenantUpdate
+from app.services import billing
 from app.services.pagination import PageResult, paginate
 from app.services.plans import PlanService
-from app.services.scope import TenantScope
+from app.services.scope import TenantScope, lock_tenant
 
 ADMIN_ONLY_FIELDS = ("plan", "status")
 
@@ -37,6 +39,11 @@ class TenantService:
                     self.session.flush()
             except IntegrityError as exc:
                 raise SlugTaken() from exc
+            # The plan history starts here: billing prorates from the tenant's first moment.
+            self.session.add(
+                PlanChange(tenant_id=tenant.id, changed_at=tenant.created_at, to_plan=tenant.plan)
+            )
+            self.session.flush()
         return tenant
 
     def list(self, *, limit: int, cursor: str | None) -> PageResult[Tenant]:
@@ -56,16 +63,36 @@ class TenantService:
         return tenant
 
     def update(self, scope: TenantScope, data: TenantUpdate) -> Tenant:
-        """Partial update; plan and status only by the platform admin."""
-        changes = data.model_dump(exclude_unset=True)
-        if not scope.principal.is_platform_admin and any(f in changes for f in ADMIN_ONLY_FIELDS):
+        """Partial update; plan and status only by the platform admin.
+
+        A plan change takes effect at once and is recorded in the plan history (when, from, to)
+        that invoices prorate from. A timezone change applies from the next billing period: the
+        current one is opened first, which fixes its boundaries.
+        """
+        requested = data.model_dump(exclude_unset=True)
+        if not scope.principal.is_platform_admin and any(f in requested for f in ADMIN_ONLY_FIELDS):
             raise Forbidden("Only the platform admin can change a tenant's plan or status.")
-        if changes.get("plan") is not None:
+        changes = {field: value for field, value in requested.items() if value is not None}
+        if "plan" in changes:
             PlanService(self.session).get(changes["plan"])
-        tenant = self.get(scope)
+            # Locked, so concurrent changes write a history whose every `from` is the last `to`.
+            tenant = lock_tenant(self.session, scope.tenant_id) or self.get(scope)
+        else:
+            tenant = self.get(scope)
+        now = utcnow()
+        if changes.get("plan", tenant.plan) != tenant.plan:
+            self.session.add(
+                PlanChange(
+                    tenant_id=tenant.id,
+                    changed_at=now,
+                    from_plan=tenant.plan,
+                    to_plan=changes["plan"],
+                )
+            )
+        if changes.get("timezone", tenant.timezone) != tenant.timezone:
+            billing.open_current_period(self.session, tenant.id, now)
         for field, value in changes.items():
-            if value is not None:
-                setattr(tenant, field, value)
+            setattr(tenant, field, value)
         self.session.flush()
         return tenant
 

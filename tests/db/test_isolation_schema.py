@@ -15,13 +15,16 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from app.models.rls import POLICY_NAME
 
 # Platform-wide uniqueness that is right by definition (SPEC §2): a number belongs to one tenant;
-# key prefixes and Twilio CallSids are global identifiers.
+# key prefixes and Twilio CallSids are global identifiers; invoice numbers are the platform's
+# (one sequence per year across tenants: the platform is the issuer).
 GLOBAL_UNIQUE = {
     ("phone_numbers", ("number",)),
     ("api_keys", ("prefix",)),
     ("calls", ("provider_call_sid",)),
+    ("invoices", ("number",)),
 }
-PLATFORM_TABLES = {"alembic_version", "tenants", "plans"}
+# invoice_counters: the platform's invoice numbers (the platform is the issuer), one row per year.
+PLATFORM_TABLES = {"alembic_version", "tenants", "plans", "invoice_counters"}
 
 
 def _tables(engine: Engine) -> list[str]:

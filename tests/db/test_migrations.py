@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from scripts.devdb import provision
-from tests.conftest import SERVER_URL
+from tests.conftest import SERVER_URL, TEST_DB
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,8 @@ def _alembic(*args: str, env: dict[str, str]) -> None:
 
 
 def test_upgrade_downgrade_upgrade_and_check_on_an_empty_database() -> None:
-    urls = provision(SERVER_URL, "vca_test_migrations", reset=True)
+    # Named after the run's database, so runs sharing a server never migrate each other's.
+    urls = provision(SERVER_URL, f"{TEST_DB}_migrations", reset=True)
     env = {**os.environ, "DATABASE_URL": urls.app, "MIGRATION_DATABASE_URL": urls.owner}
     _alembic("upgrade", "head", env=env)
     _alembic("downgrade", "base", env=env)

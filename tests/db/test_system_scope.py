@@ -19,6 +19,8 @@ ALLOWED = {
     ("app/services/tenants.py", "list"),  # platform admin: list tenants
     ("app/services/tenants.py", "find_by_slug"),  # operator CLI: find a tenant by slug
     ("app/worker.py", "claim"),  # the worker's claim loop (webhook deliveries)
+    # The worker's billing close: the (tenant, month) pairs due; each close is tenant-scoped.
+    ("app/services/billing.py", "due_periods"),
 }
 
 

@@ -18,7 +18,6 @@ from app.config.database import bind_tenant, transaction
 from app.models import Tenant, UsageRecord
 from app.services.telephony import (
     TelephonyService,
-    billing_period,
     call_limit_violation,
 )
 from tests.conftest import DB_URLS
@@ -125,7 +124,7 @@ def _use(tenant_id: uuid.UUID, minutes: int, period: str) -> None:
         )
 
 
-def test_free_minutes_are_counted_per_utc_month(
+def test_free_minutes_are_counted_per_billing_period(
     client: TestClient, admin_headers: dict[str, str]
 ) -> None:
     tenant = make_tenant(client, admin_headers, plan="free")
@@ -177,15 +176,6 @@ def test_a_fresh_unanswered_call_holds_the_line(
     tenant = make_tenant(client, admin_headers, plan="free")
     insert_call(tenant.id, status="queued", started_at=None)
     assert _verdict(tenant.id) == "concurrency_limit"
-
-
-def test_billing_period_is_the_utc_month() -> None:
-    from datetime import timezone
-
-    # 23:30 on 31 January in New York is already February in UTC.
-    new_york = timezone(timedelta(hours=-5))
-    assert billing_period(datetime(2026, 1, 31, 23, 30, tzinfo=new_york)) == "2026-02"
-    assert billing_period(datetime(2026, 12, 31, 23, 59, tzinfo=UTC)) == "2026-12"
 
 
 def test_counting_active_calls_reads_only_the_calls_that_still_hold_a_line(

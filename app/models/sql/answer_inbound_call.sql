@@ -1,6 +1,6 @@
 CREATE FUNCTION public.answer_inbound_call(
     p_call_id uuid, p_call_sid text, p_to_number text, p_from_number text, p_outbound boolean,
-    p_now timestamptz, p_period text
+    p_now timestamptz
 ) RETURNS TABLE (
     outcome text, call_id uuid, call_status text, ai_profile_id uuid, greeting text,
     language text, voice text
@@ -36,8 +36,7 @@ BEGIN
                                 NULL::text, NULL::text, NULL::text;
             RETURN;
         END IF;
-        reason := call_limit_violation(r.tenant_id, r.tenant_status, r.tenant_plan, p_now,
-                                       p_period);
+        reason := call_limit_violation(r.tenant_id, r.tenant_status, r.tenant_plan, p_now);
         IF reason IS NULL THEN
             a_id := answering_profile(r.tenant_id, r.ai_profile_id);
             IF a_id IS NULL THEN

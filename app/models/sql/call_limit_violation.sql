@@ -1,5 +1,5 @@
 CREATE FUNCTION public.call_limit_violation(
-    p_tenant_id uuid, p_tenant_status text, p_plan text, p_now timestamptz, p_period text
+    p_tenant_id uuid, p_tenant_status text, p_plan text, p_now timestamptz
 ) RETURNS text LANGUAGE plpgsql STABLE AS $$
 -- Admission: why the tenant may not start another call now (a call end_reason), or NULL if it may.
 -- The limits come from its plan's row in `plans`. A call holds a line while it is ringing (for at
@@ -7,7 +7,8 @@ CREATE FUNCTION public.call_limit_violation(
 -- the longest profile limit, 14,400 s, plus a margin); past that its final callback was lost and
 -- it no longer counts. Each count is a range of its partial index. Exact under concurrency only
 -- while the caller holds the tenant row lock until its insert (inbound: route_inbound_call;
--- outbound: CallService.create_outbound).
+-- outbound: CallService.create_outbound). A capped plan's minutes count in the tenant's current
+-- billing period (billing_period_at, in the tenant's timezone).
 DECLARE
     -- Computed here, not in the queries: the planner then sees each cut-off as a value and
     -- reads only the recent end of the partial indexes.
@@ -16,6 +17,7 @@ DECLARE
     plan record;
     active bigint;
     used bigint;
+    current_period text;
 BEGIN
     IF p_tenant_status = 'suspended' THEN
         RETURN 'tenant_suspended';
@@ -33,8 +35,9 @@ BEGIN
         RETURN 'concurrency_limit';
     END IF;
     IF plan.capped THEN
+        current_period := billing_period_at(p_tenant_id, p_now);
         SELECT coalesce(sum(minutes), 0) INTO used
-          FROM usage_records WHERE tenant_id = p_tenant_id AND period = p_period;
+          FROM usage_records WHERE tenant_id = p_tenant_id AND period = current_period;
         IF used >= plan.included_minutes THEN
             RETURN 'minutes_exhausted';
         END IF;
