@@ -1,11 +1,11 @@
-"""Operator CLI: `python -m app.cli --help`."""
+"""Operator commands on tenants and their keys (through the services, as the API would)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from app.cli import CliError
 from app.config.database import transaction
 from app.models import Tenant
 from app.schemas.tenants import ApiKeyCreate, TenantCreate
@@ -44,17 +44,19 @@ def create_tenant(args: argparse.Namespace) -> int:
 def create_api_key(args: argparse.Namespace) -> int:
     tenant = _find_tenant(args.tenant)
     if tenant is None:
-        print(f"No tenant with slug {args.tenant!r}.", file=sys.stderr)
-        return 1
+        raise CliError(f"no tenant with slug {args.tenant!r}")
     print(_issue_key(tenant, args.name, args.role))
     return 0
 
 
 def seed_demo(args: argparse.Namespace) -> int:
-    """Create the demo tenant and an admin key once; later runs reuse them."""
+    """Create the demo tenant and an admin key once; later runs reuse them. The key and the
+    tenant's id are kept in files for the README's commands."""
     key_file = Path(args.key_file)
+    id_file = key_file.with_name("demo-tenant-id")
     tenant = _find_tenant("demo")
     if tenant is not None and key_file.exists():
+        id_file.write_text(f"{tenant.id}\n")
         print(f"Demo tenant exists (id {tenant.id}); API key: {key_file.read_text().strip()}")
         return 0
     if tenant is None:
@@ -66,33 +68,6 @@ def seed_demo(args: argparse.Namespace) -> int:
     key_file.parent.mkdir(parents=True, exist_ok=True)
     key_file.write_text(key + "\n")
     key_file.chmod(0o600)
+    id_file.write_text(f"{tenant.id}\n")
     print(f"Demo tenant id {tenant.id}; API key (shown once, saved in {key_file}): {key}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.cli", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    tenant = commands.add_parser("create-tenant", help="create a tenant")
-    tenant.add_argument("--name", required=True)
-    tenant.add_argument("--slug", required=True)
-    tenant.add_argument("--plan", default="free", help="a plan of GET /api/v1/plans")
-    tenant.set_defaults(func=create_tenant)
-
-    key = commands.add_parser("create-api-key", help="issue an API key for a tenant (by slug)")
-    key.add_argument("--tenant", required=True, help="tenant slug")
-    key.add_argument("--name", default="operator")
-    key.add_argument("--role", default="admin", choices=["admin", "read_only"])
-    key.set_defaults(func=create_api_key)
-
-    demo = commands.add_parser("seed-demo", help="create the demo tenant and its key (idempotent)")
-    demo.add_argument("--key-file", default=".data/demo-api-key")
-    demo.set_defaults(func=seed_demo)
-
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
