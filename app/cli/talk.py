@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
@@ -34,8 +36,10 @@ from app.config.settings import settings
 
 VOICE_PATH = "/telephony/twilio/voice"
 STATUS_PATH = "/telephony/twilio/status"
-# A scripted caller waits this long for an answer before saying its next line.
+# A scripted caller waits this long for an answer before saying its next line, and once the
+# answer is over pauses before speaking, as people do (the agent may still hang up).
 ANSWER_TIMEOUT_SECONDS = 30.0
+PAUSE_SECONDS = 0.3
 HELP = "Type to speak; /dtmf 12# presses keys; /hangup or Ctrl-D hangs up."
 LLM_HINT = (
     "hint: the server has no LLM, so the agent can only apologise. Restart `make dev` with an "
@@ -67,17 +71,21 @@ class Twilio:
         except httpx.TransportError as error:
             raise CliError(f"cannot reach the server at {self.server}: is it running?") from error
 
-    def open_relay(self, url: str) -> ClientConnection:
+    @contextmanager
+    def open_relay(self, url: str) -> Iterator[ClientConnection]:
         try:
-            return connect(
+            relay = connect(
                 self._on_server(url),
                 additional_headers={"X-Twilio-Signature": self._sign(url, {})},
                 open_timeout=10,
                 close_timeout=2,
                 proxy=None,
             )
+            ws = relay.__enter__()
         except (OSError, WebSocketException) as error:
             raise CliError(f"the relay socket refused the call: {error}") from None
+        with relay:
+            yield ws
 
     def _on_server(self, url: str) -> str:
         """`url` (public) with the scheme and host of where the server really listens."""
@@ -109,6 +117,7 @@ class Conversation:
         self.answer: Answer | None = None  # the agent is speaking
         self.awaiting_answer = False  # a prompt or keys were sent, no answer finished yet
         self.ended_by_agent: dict[str, Any] | None = None
+        self.answered_at = 0.0  # when the last answer ended
 
     def say(self, text: str) -> None:
         self.out.write(text + "\n")
@@ -137,8 +146,9 @@ class Conversation:
             if self.ended_by_agent is not None:
                 return
             busy = self.answer is not None or self.awaiting_answer
-            if busy and self.scripted and time.monotonic() < deadline:
-                continue
+            if self.scripted and (busy or time.monotonic() < self.answered_at + PAUSE_SECONDS):
+                if time.monotonic() < deadline:
+                    continue
             while waiting:
                 line = waiting.pop(0)
                 if line is None or line.strip() in ("/hangup", "/bye"):
@@ -231,6 +241,7 @@ class Conversation:
         if self.answer is not None:
             self.out.write("\n")
             self.out.flush()
+            self.answered_at = time.monotonic()
         self.answer = None
         self.awaiting_answer = False
 
@@ -312,8 +323,6 @@ def _call(twilio: Twilio, args: argparse.Namespace, checks: dict[str, str]) -> i
         print(f"agent: {relay.get('welcomeGreeting')}", file=out)
     out.flush()
 
-    ws = twilio.open_relay(relay.get("url", ""))
-    conversation = Conversation(ws, out, scripted=not sys.stdin.isatty())
     setup = {
         "sessionId": "VX" + secrets.token_hex(16),
         "accountSid": twilio.account_sid,
@@ -322,10 +331,9 @@ def _call(twilio: Twilio, args: argparse.Namespace, checks: dict[str, str]) -> i
         "direction": "inbound",
         "customParameters": parameters,
     }
-    try:
+    with twilio.open_relay(relay.get("url", "")) as ws:
+        conversation = Conversation(ws, out, scripted=not sys.stdin.isatty())
         conversation.run(call_sid, setup, sys.stdin)
-    finally:
-        ws.close()
     duration = max(1, round(time.monotonic() - answered_at))
 
     if action is not None and action.get("action"):
