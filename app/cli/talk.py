@@ -145,10 +145,14 @@ class Conversation:
                 waiting.append(value)
             if self.ended_by_agent is not None:
                 return
+            now = time.monotonic()
             busy = self.answer is not None or self.awaiting_answer
-            if self.scripted and (busy or time.monotonic() < self.answered_at + PAUSE_SECONDS):
-                if time.monotonic() < deadline:
-                    continue
+            if (
+                self.scripted
+                and now < deadline
+                and (busy or now < self.answered_at + PAUSE_SECONDS)
+            ):
+                continue
             while waiting:
                 line = waiting.pop(0)
                 if line is None or line.strip() in ("/hangup", "/bye"):
