@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).absolute().parent.parent  # unresolved: see app/config/development.py
 DATA_DIR = ROOT / ".data"
 OWNER_ROLE = "vca_owner"
 APP_ROLE = "vca_app"

@@ -26,7 +26,8 @@ class LiveServer:
     llm: FakeLLM
 
 
-@pytest.fixture(scope="session")
+# Package scope: PUBLIC_BASE_URL points at this server only while the CLI's tests run.
+@pytest.fixture(scope="package")
 def live_server(app: Any) -> Iterator[LiveServer]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))

@@ -61,7 +61,7 @@ def test_the_first_ten_minutes_as_the_readme_writes_them(
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")},
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
