@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install dev test lint format migrate worker bench bench-quick clean
+.PHONY: install dev test lint format migrate worker cli talk bench bench-quick clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ migrate: $(STAMP)
 
 worker: $(STAMP)
 	$(PY) -m app.worker
+
+# The operator CLI beside `make dev`: make cli ARGS="create-tenant --name … --slug …"
+cli: $(STAMP)
+	@$(PY) -m app.cli $(ARGS)
+
+# Call your agent from the terminal: make talk ARGS="--number +14155550100"
+talk: $(STAMP)
+	@$(PY) -m app.cli talk $(ARGS)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

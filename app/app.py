@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,7 +30,7 @@ from app.api import (
     webhooks,
 )
 from app.config.settings import settings
-from app.errors import AppError
+from app.errors import VALIDATION_ERROR_RESPONSE, AppError
 from app.logging import RequestLogMiddleware, configure_logging
 
 logger = logging.getLogger("vca")
@@ -134,6 +135,12 @@ def _register_error_handlers(app: FastAPI) -> None:
         )
 
 
+def operation_id(route: APIRoute) -> str:
+    """The route function's name (`list_calls`): what a generated client names its method.
+    Unique across the app (tests/api/test_openapi.py)."""
+    return route.name
+
+
 def create_app() -> FastAPI:
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT.value)
     app = FastAPI(
@@ -142,6 +149,8 @@ def create_app() -> FastAPI:
         version="0.1.0",
         debug=settings.DEBUG,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
+        responses=VALIDATION_ERROR_RESPONSE,
         openapi_tags=[
             {"name": "health", "description": "Liveness and readiness."},
             {"name": "tenants", "description": "Tenants (platform admin creates and lists)."},

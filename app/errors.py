@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, Field
+
 
 class AppError(Exception):
     status_code: ClassVar[int] = 400
@@ -92,16 +94,58 @@ class ServiceUnavailable(AppError):
         super().__init__(detail, code=code, headers={"Retry-After": "5"})
 
 
-def error_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries for the errors a route can return."""
+class ErrorBody(BaseModel):
+    """Every error: a sentence for people and a stable code for programs."""
+
+    detail: str = Field(examples=["Not found."])
+    code: str = Field(examples=["not_found"])
+
+
+class ValidationIssue(BaseModel):
+    """One problem with the request, as FastAPI reports it."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+    ctx: dict[str, str] | None = None
+
+
+class ValidationErrorBody(BaseModel):
+    """422: FastAPI's list of issues (code `validation_error`), or a rule only the service can
+    check as one sentence (e.g. `unsafe_url`, `invalid_range`)."""
+
+    detail: list[ValidationIssue] | str
+    code: str = Field(examples=["validation_error"])
+
+
+def _response(status_code: int, errors: list[tuple[str, str]]) -> dict[str, Any]:
+    model: type[BaseModel] = ErrorBody
+    if status_code == 422:
+        model = ValidationErrorBody
+        if all(code != "validation_error" for code, _ in errors):
+            errors = [("validation_error", "The request is invalid."), *errors]
+    examples = {code: {"value": {"detail": detail, "code": code}} for code, detail in errors}
     return {
-        error.status_code: {
-            "description": error.default_detail,
-            "content": {
-                "application/json": {
-                    "example": {"detail": error.default_detail, "code": error.code}
-                }
-            },
-        }
-        for error in errors
+        "model": model,
+        "description": " / ".join(f"`{code}`: {detail}" for code, detail in errors),
+        "content": {"application/json": {"examples": examples}},
     }
+
+
+def error_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for the errors a route can return, each with the error model
+    and one example per code (several errors may share a status)."""
+    by_status: dict[int, list[tuple[str, str]]] = {}
+    for error in errors:
+        by_status.setdefault(error.status_code, []).append((error.code, error.default_detail))
+    return {status: _response(status, codes) for status, codes in by_status.items()}
+
+
+# Every route that takes input may answer 422 (FastAPI's validation): documented once, app-wide.
+VALIDATION_ERROR_RESPONSE: dict[int | str, dict[str, Any]] = {
+    422: {
+        "model": ValidationErrorBody,
+        "description": "The request is invalid (`validation_error`).",
+    }
+}

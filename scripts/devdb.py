@@ -12,12 +12,13 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).absolute().parent.parent  # unresolved: see app/config/development.py
 DATA_DIR = ROOT / ".data"
 OWNER_ROLE = "vca_owner"
 APP_ROLE = "vca_app"
@@ -31,14 +32,22 @@ class DatabaseUrls:
     app: str
 
 
-def embedded_server_url(data_dir: Path = DATA_DIR / "pg") -> str:
-    """Start (or reuse) the embedded PostgreSQL and return its superuser URL."""
+def embedded_server(data_dir: Path = DATA_DIR / "pg", *, stop_at_exit: bool = False) -> Any:
+    """Start (or reuse) the embedded PostgreSQL; its handle (a `pgserver.PostgresServer`).
+
+    With `stop_at_exit`, `cleanup()` (or this process's exit) stops the server unless another
+    process still holds a handle on it (pgserver counts them in the data directory).
+    """
     import pgserver  # imported lazily: only needed when no server URL is given
 
     warnings.filterwarnings("ignore", module="platformdirs")
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(data_dir), cleanup_mode=None)
-    return str(server.get_uri())
+    return pgserver.get_server(str(data_dir), cleanup_mode="stop" if stop_at_exit else None)
+
+
+def embedded_server_url(data_dir: Path = DATA_DIR / "pg") -> str:
+    """Start (or reuse) the embedded PostgreSQL and return its superuser URL (left running)."""
+    return str(embedded_server(data_dir).get_uri())
 
 
 def _connect(url: str) -> psycopg.Connection[tuple[object, ...]]:

@@ -6,6 +6,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import TransactionalRoute
 from app.config.settings import settings
+from app.schemas.health import HealthOut
 from app.services.health import check_health
 
 router = APIRouter(route_class=TransactionalRoute, tags=["health"])
@@ -14,7 +15,13 @@ router = APIRouter(route_class=TransactionalRoute, tags=["health"])
 @router.get(
     "/healthz",
     summary="Readiness and configuration checks (no secrets)",
-    responses={503: {"description": "The database is unreachable: status is degraded."}},
+    responses={
+        200: {"model": HealthOut},
+        503: {
+            "model": HealthOut,
+            "description": "The database is unreachable: status is degraded.",
+        },
+    },
 )
 async def healthz() -> JSONResponse:
     report = await run_in_threadpool(check_health)

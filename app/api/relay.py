@@ -64,8 +64,12 @@ async def conversation_relay(websocket: WebSocket) -> None:
 
 @router.post(
     "/relay-action",
+    response_class=Response,
     responses={
-        200: {"content": {"application/xml": {}}, "description": "TwiML"},
+        200: {
+            "content": {"application/xml": {"example": "<Response><Hangup/></Response>"}},
+            "description": "TwiML: `<Dial>` to the transfer number, else `<Hangup/>`.",
+        },
         **error_responses(InvalidTwilioSignature, TelephonyNotConfigured),
     },
     summary="Twilio's <Connect action> after a ConversationRelay session: transfer or hang up",

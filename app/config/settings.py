@@ -16,6 +16,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from app.config.development import DEVELOPMENT_ACCOUNT_SID
+
 PLACEHOLDER_MARKERS = (
     "changeme",
     "change-me",
@@ -122,6 +124,10 @@ class Settings(BaseSettings):
                         f"{name}: looks like a placeholder; generate a real secret "
                         "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
                     )
+            if self.TWILIO_ACCOUNT_SID == DEVELOPMENT_ACCOUNT_SID:
+                raise ValueError(
+                    "TWILIO_ACCOUNT_SID: is `make dev`'s development account; set a real one"
+                )
             if self.WEBHOOK_ALLOW_PRIVATE_URLS and self.APP_ENV is AppEnv.production:
                 raise ValueError(
                     "WEBHOOK_ALLOW_PRIVATE_URLS: must be false when APP_ENV=production"
@@ -139,6 +145,16 @@ class Settings(BaseSettings):
     @property
     def telephony_configured(self) -> bool:
         return bool(self.TWILIO_ACCOUNT_SID and self.TWILIO_AUTH_TOKEN and self.PUBLIC_BASE_URL)
+
+    @property
+    def telephony_mode(self) -> str:
+        """`development` when `make dev` plays the Twilio account (calls come from
+        `python -m app.cli talk`), else `configured` or `not_configured`."""
+        if not self.telephony_configured:
+            return "not_configured"
+        if self.TWILIO_ACCOUNT_SID == DEVELOPMENT_ACCOUNT_SID:
+            return "development"
+        return "configured"
 
     @property
     def llm_configured(self) -> bool:

@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Annotated
 
 import langcodes
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
 from app.schemas.common import RequestModel, ResponseModel
 
@@ -28,6 +28,19 @@ TransferNumber = Annotated[str, Field(min_length=3, max_length=40)]
 
 
 class AIProfileCreate(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Receptionist",
+                    "system_prompt": "You are the friendly receptionist of Acme Dental. Book appointments.",
+                    "greeting": "Hello, Acme Dental, how can I help?",
+                    "is_default": True,
+                }
+            ]
+        }
+    )
+
     name: Name = Field(examples=["Receptionist"])
     system_prompt: SystemPrompt = Field(
         examples=["You are the friendly receptionist of Acme Dental. Book appointments."]
@@ -49,6 +62,10 @@ class AIProfileCreate(RequestModel):
 
 class AIProfileUpdate(RequestModel):
     """Partial update: only the fields present change; null clears an optional field."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"temperature": 0.3, "max_tokens": 200}]}
+    )
 
     name: Name | None = None
     system_prompt: SystemPrompt | None = None

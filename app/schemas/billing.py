@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from app.schemas.common import RequestModel, ResponseModel
 
@@ -64,4 +64,8 @@ class InvoiceOut(ResponseModel):
 
 
 class InvoiceVoid(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"reason": "Billed twice by mistake"}]}
+    )
+
     reason: str = Field(min_length=1, max_length=1000, examples=["Billed twice by mistake"])

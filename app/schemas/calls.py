@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from app.models.call import CallStatus
 from app.schemas.common import RequestModel, ResponseModel
@@ -52,6 +52,14 @@ class CallDetailOut(CallOut):
 
 
 class OutboundCallCreate(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"to": "+14155550123", "phone_number_id": "0193a3b0-7c1e-7d2a-9f00-2b1c3d4e5f60"}
+            ]
+        }
+    )
+
     to: str = Field(
         min_length=3,
         max_length=40,

@@ -22,8 +22,3 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None = Field(
         description="Pass as ?cursor= to get the next page; null on the last page."
     )
-
-
-class ErrorBody(BaseModel):
-    detail: str
-    code: str

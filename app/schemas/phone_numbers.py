@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from app.schemas.common import RequestModel, ResponseModel
 
@@ -12,6 +12,10 @@ NumberStatus = Literal["active", "inactive"]
 
 
 class PhoneNumberCreate(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"number": "+14155550100", "label": "Front desk"}]}
+    )
+
     number: str = Field(
         min_length=3,
         max_length=40,
@@ -32,6 +36,10 @@ class PhoneNumberCreate(RequestModel):
 
 class PhoneNumberUpdate(RequestModel):
     """Partial update; `ai_profile_id: null` detaches the profile. The number itself is immutable."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"label": "After hours", "status": "inactive"}]}
+    )
 
     label: str | None = Field(default=None, max_length=200)
     status: NumberStatus | None = None

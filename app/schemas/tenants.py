@@ -5,7 +5,7 @@ import zoneinfo
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
 from app.schemas.common import RequestModel, ResponseModel
 
@@ -27,6 +27,19 @@ TenantStatus = Annotated[str, Field(pattern="^(active|suspended)$")]
 
 
 class TenantCreate(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Acme Dental",
+                    "slug": "acme-dental",
+                    "plan": "starter",
+                    "timezone": "America/New_York",
+                }
+            ]
+        }
+    )
+
     name: str = Field(min_length=1, max_length=200, examples=["Acme Dental"])
     slug: str = Field(pattern=SLUG_PATTERN, examples=["acme-dental"])
     plan: PlanName = "free"
@@ -35,6 +48,8 @@ class TenantCreate(RequestModel):
 
 class TenantUpdate(RequestModel):
     """Partial update. plan and status may be changed by the platform admin only."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"timezone": "Europe/Paris"}]})
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     timezone: Timezone | None = None
@@ -54,6 +69,10 @@ class TenantOut(ResponseModel):
 
 
 class ApiKeyCreate(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "frontend", "role": "admin"}]}
+    )
+
     name: str = Field(min_length=1, max_length=200, examples=["CRM integration"])
     role: Literal["admin", "read_only"] = Field(
         default="admin", description="admin: everything in the tenant; read_only: GET only"

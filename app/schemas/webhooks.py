@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, ConfigDict, Field
 
 from app.schemas.common import RequestModel, ResponseModel
 
@@ -30,6 +30,17 @@ EventTypes = Annotated[list[EventType], AfterValidator(_unique)]
 
 
 class WebhookCreate(RequestModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://crm.example.com/hooks/vca",
+                    "event_types": ["call.started", "call.ended"],
+                }
+            ]
+        }
+    )
+
     url: str = URL_FIELD
     description: str | None = Field(default=None, max_length=500)
     event_types: EventTypes = Field(
@@ -43,6 +54,8 @@ class WebhookCreate(RequestModel):
 
 class WebhookUpdate(RequestModel):
     """Partial update. Enabling a disabled endpoint clears its disabled_reason and failure streak."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"enabled": True}]})
 
     url: str | None = Field(default=None, min_length=1, max_length=2048)
     description: str | None = Field(default=None, max_length=500)

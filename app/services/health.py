@@ -63,7 +63,7 @@ def probe_database() -> tuple[str | None, RoleSafety]:
 def check_health() -> HealthReport:
     checks = {
         "config": "ok",
-        "telephony": "configured" if settings.telephony_configured else "not_configured",
+        "telephony": settings.telephony_mode,
         "llm": "configured" if settings.llm_configured else "not_configured",
     }
     try:

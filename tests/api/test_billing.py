@@ -202,6 +202,6 @@ def test_the_cli_closes_a_period_once(
     assert "VCA-2026-" in first and "4900 cents" in first
     assert len(_get(client, tenant, "/billing/invoices")["items"]) == 1
     future = (datetime.now(UTC) + timedelta(days=40)).strftime("%Y-%m")
-    assert cli.main(["close-period", future, "--tenant", tenant.slug]) == 1
+    assert cli.main(["close-period", future, "--tenant", tenant.slug]) == 2
     assert cli.main(["close-period", "2026-3", "--tenant", tenant.slug]) == 2
-    assert cli.main(["close-period", "2026-03", "--tenant", "no-such-tenant"]) == 1
+    assert cli.main(["close-period", "2026-03", "--tenant", "no-such-tenant"]) == 2

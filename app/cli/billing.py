@@ -1,0 +1,57 @@
+"""`close-period`: invoice a billing period by hand (the worker does it once a period is due)."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+
+from app.cli import CliError
+from app.cli.tenants import _find_tenant
+from app.config.database import transaction
+from app.services import billing
+from app.services.tenants import TenantService
+
+
+def close_period(args: argparse.Namespace) -> int:
+    """Close YYYY-MM into invoices: one tenant's (--tenant) or every tenant's whose period it is
+    due. Safe to run beside the worker, and again: a closed period keeps its one invoice."""
+    try:
+        period = billing.parse_period(args.period)
+    except billing.InvalidPeriod as exc:
+        raise CliError(exc.detail) from exc
+    if args.tenant:
+        tenant = _find_tenant(args.tenant)
+        if tenant is None:
+            raise CliError(f"No tenant with slug {args.tenant!r}.")
+        tenant_ids = [tenant.id]
+    else:
+        tenant_ids = _all_tenant_ids()
+    not_ended = 0
+    for tenant_id in tenant_ids:
+        try:
+            invoice = billing.close_period(tenant_id, period)
+        except billing.PeriodNotEnded as exc:
+            print(f"{tenant_id}: {exc.detail}")
+            not_ended += 1
+            continue
+        if invoice is None:
+            print(f"{tenant_id}: {period} closed, nothing to bill")
+        else:
+            print(f"{tenant_id}: {invoice.number} {invoice.status} {invoice.total_cents} cents")
+    if not_ended:
+        raise CliError(
+            f"{not_ended} tenant(s) not closed: their {period} has not ended plus an hour."
+        )
+    return 0
+
+
+def _all_tenant_ids() -> list[uuid.UUID]:
+    ids: list[uuid.UUID] = []
+    cursor = None
+    while True:
+        with transaction() as session:
+            page = TenantService(session).list(limit=100, cursor=cursor)
+        ids.extend(tenant.id for tenant in page.items)
+        if page.next_cursor is None:
+            return ids
+        cursor = page.next_cursor
