@@ -186,14 +186,18 @@ def turns_of_call(
     )
 
 
+# Twilio ends every call within 24 hours; a longer CallDuration is not one Twilio sent.
+MAX_CALL_DURATION_SECONDS = 24 * 3600
+
+
 def _parse_duration(raw: str | None) -> int | None:
-    if raw is None or not raw.strip():
+    """Twilio's CallDuration in seconds, or None (the call is then measured from its answer)
+    for anything that is not a plausible count of seconds."""
+    raw = (raw or "").strip()
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6:
         return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        return None
-    return value if value >= 0 else None
+    value = int(raw)
+    return value if value <= MAX_CALL_DURATION_SECONDS else None
 
 
 _USAGE = cast(Table, UsageRecord.__table__)

@@ -215,7 +215,7 @@ class RelaySession:
             return
         try:
             message = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             logger.warning("relay frame is not JSON, ignored", extra=self.log_context)
             return
         if not isinstance(message, dict):
@@ -618,8 +618,9 @@ class RelaySession:
 
 
 def _as_int(value: Any) -> int | None:
-    """Twilio sends durationUntilInterruptMs as a number or as a string of digits."""
+    """Twilio sends durationUntilInterruptMs as a number or as a string of digits (anything else,
+    infinities included, is None)."""
     try:
         return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
