@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -33,6 +33,7 @@ from app.config.settings import settings
 from app.errors import AppError, excerpt, printable
 from app.logging import configure_logging
 from app.middleware import EdgeMiddleware
+from app.services.idempotency import StoredResponse
 
 logger = logging.getLogger("vca")
 
@@ -123,6 +124,15 @@ def _register_error_handlers(app: FastAPI) -> None:
             {"detail": [_describe(error) for error in exc.errors()], "code": "validation_error"},
             status_code=422,
         )
+
+    @app.exception_handler(StoredResponse)
+    async def replay(_: Request, stored: StoredResponse) -> Response:
+        response = Response(content=stored.body, status_code=stored.status_code)
+        response.raw_headers += [
+            *((name.encode("latin-1"), value.encode("latin-1")) for name, value in stored.headers),
+            (b"idempotent-replayed", b"true"),
+        ]
+        return response
 
     @app.exception_handler(IntegrityError)
     async def integrity_error(_: Request, exc: IntegrityError) -> JSONResponse:

@@ -5,6 +5,7 @@ from app.models.api_key import ApiKey
 from app.models.base import Base
 from app.models.call import Call
 from app.models.call_turn import CallTurn
+from app.models.idempotency_key import AdminIdempotencyKey, IdempotencyKey
 from app.models.phone_number import PhoneNumber
 from app.models.plan import Plan
 from app.models.tenant import Tenant
@@ -16,10 +17,12 @@ from app.models.webhook_event import WebhookEvent
 
 __all__ = [
     "AIProfile",
+    "AdminIdempotencyKey",
     "ApiKey",
     "Base",
     "Call",
     "CallTurn",
+    "IdempotencyKey",
     "PhoneNumber",
     "Plan",
     "Tenant",

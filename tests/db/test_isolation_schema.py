@@ -21,7 +21,8 @@ GLOBAL_UNIQUE = {
     ("api_keys", ("prefix",)),
     ("calls", ("provider_call_sid",)),
 }
-PLATFORM_TABLES = {"alembic_version", "tenants", "plans"}
+# admin_idempotency_keys: the platform admin key's Idempotency-Keys (the admin is no tenant).
+PLATFORM_TABLES = {"alembic_version", "tenants", "plans", "admin_idempotency_keys"}
 
 
 def _tables(engine: Engine) -> list[str]:

@@ -19,6 +19,7 @@ ALLOWED = {
     ("app/services/tenants.py", "list"),  # platform admin: list tenants
     ("app/services/tenants.py", "find_by_slug"),  # operator CLI: find a tenant by slug
     ("app/worker.py", "claim"),  # the worker's claim loop (webhook deliveries)
+    ("app/services/idempotency.py", "prune_expired"),  # the worker: keys past 24 hours
 }
 
 
