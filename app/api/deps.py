@@ -17,6 +17,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app import ratelimit
 from app.config.database import (
     get_session_factory,
     get_single_statement_session_factory,
@@ -155,6 +156,7 @@ def get_principal(
     if principal is None:
         raise Unauthorized("The API key is invalid, expired or revoked.")
     set_tenant(principal.tenant_id)
+    ratelimit.get_rate_limiter().check(principal)  # no database: memory or Redis
     return principal
 
 
