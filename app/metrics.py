@@ -51,14 +51,6 @@ DB_POOL_IN_USE = Gauge(
     "Database connections checked out of the pool.",
     multiprocess_mode="livesum",
 )
-WEBHOOK_DELIVERIES = Counter(
-    "vca_webhook_deliveries_total", "Webhook delivery attempts by outcome.", ["outcome"]
-)
-WEBHOOK_LAG = Histogram(
-    "vca_webhook_delivery_lag_seconds",
-    "Time from an event's creation to its delivery attempt.",
-    buckets=(0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 3600.0),
-)
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:

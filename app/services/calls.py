@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, Select, String, Table, Uuid, func, literal
 from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.config.settings import settings
 from app.errors import (
     BadGateway,
@@ -200,6 +201,7 @@ class CallService:
         if tenant is None:
             raise NotFound("Tenant not found.")
         reason = call_limit_violation(self.session, tenant)
+        metrics.CALLS.labels("outbound", reason or "admitted").inc()
         if reason == REJECT_TENANT_SUSPENDED:
             raise TenantSuspended()
         if reason == REJECT_CONCURRENCY_LIMIT:

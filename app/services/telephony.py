@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 from twilio.twiml.voice_response import VoiceResponse
 
+from app import metrics
 from app.config.database import bind_tenant
 from app.models import Call, CallTurn, Tenant, UsageRecord
 from app.models.base import new_id, utcnow
@@ -277,11 +278,15 @@ class TelephonyService:
             return twiml.hangup()
         if row.outcome == "unrouted":
             logger.info("inbound call to an unrouted number", extra={"sid": call_sid})
+            metrics.CALLS.labels("inbound", "unrouted").inc()
             return twiml.reject("rejected")
         if row.call_status == "rejected":
             if row.outcome == "created":
                 logger.info("inbound call rejected", extra={"call_id": str(row.call_id)})
+                metrics.CALLS.labels("inbound", "rejected").inc()
             return twiml.reject("busy")
+        if row.outcome == "created":
+            metrics.CALLS.labels("inbound", "admitted").inc()
         if CallStatus(row.call_status).is_terminal or row.ai_profile_id is None:
             return twiml.hangup()
         profile = AnsweringProfile(row.ai_profile_id, row.greeting, row.language, row.voice)

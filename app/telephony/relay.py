@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import anyio.to_thread
 
+from app import metrics
 from app.config.settings import settings
 from app.llm.agent import (
     END_CALL,
@@ -490,6 +491,7 @@ class RelaySession:
         await self._send({"type": "text", "token": text, "last": last})
         if turn.latency_ms is None and (text or last):
             turn.latency_ms = round((time.perf_counter() - turn.received_at) * 1000)
+            metrics.AGENT_TURN_LATENCY.observe(turn.latency_ms / 1000)
         if text:
             turn.parts.append(text)
 
