@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,6 +23,7 @@ from app.api import (
     billing,
     calls,
     health,
+    metrics,
     phone_numbers,
     plans,
     relay,
@@ -30,8 +32,10 @@ from app.api import (
     webhooks,
 )
 from app.config.settings import settings
-from app.errors import VALIDATION_ERROR_RESPONSE, AppError
-from app.logging import RequestLogMiddleware, configure_logging
+from app.errors import VALIDATION_ERROR_RESPONSE, AppError, excerpt, printable
+from app.logging import configure_logging
+from app.middleware import EdgeMiddleware
+from app.services.idempotency import StoredResponse
 
 logger = logging.getLogger("vca")
 
@@ -58,6 +62,28 @@ HTTP_CODES = {
 }
 
 
+# A human sentence may quote a little more of the input than a validation error's excerpt.
+DETAIL_CHARS = 300
+
+
+def _describe(error: dict[str, Any]) -> dict[str, Any]:
+    """One validation error as sent: its fields, with the input's excerpt and every string
+    (loc may hold an unknown key the client sent; msg and ctx may quote the input) printable."""
+    described: dict[str, Any] = {}
+    for key, value in error.items():
+        if key == "input":
+            described[key] = excerpt(value)
+        elif key == "loc":
+            described[key] = [
+                part if isinstance(part, int) else printable(str(part)) for part in value
+            ]
+        elif key == "ctx":
+            described[key] = {k: printable(str(v), DETAIL_CHARS) for k, v in value.items()}
+        else:
+            described[key] = printable(str(value), DETAIL_CHARS)
+    return described
+
+
 def _verify_database_role() -> None:
     """Production must not run as a role that skips row-level security."""
     from app.services.health import probe_database
@@ -80,25 +106,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def _register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def app_error(_: Request, exc: AppError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+        body = {"detail": printable(exc.detail, DETAIL_CHARS), "code": exc.error_code}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
         return JSONResponse(
-            {"detail": str(exc.detail), "code": code},
+            {"detail": printable(str(exc.detail), DETAIL_CHARS), "code": code},
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's body is kept (clients parse it); a code is added like every other error.
-        errors = [{k: v for k, v in e.items() if k != "ctx"} for e in exc.errors()]
-        for original, cleaned in zip(exc.errors(), errors, strict=True):
-            if "ctx" in original:
-                cleaned["ctx"] = {k: str(v) for k, v in original["ctx"].items()}
-        return JSONResponse({"detail": errors, "code": "validation_error"}, status_code=422)
+        # FastAPI's body is kept (clients parse it) with a code, like every other error; what it
+        # echoes of the input is cut short and made serialisable (bytes, NaN, surrogates).
+        return JSONResponse(
+            {"detail": [_describe(error) for error in exc.errors()], "code": "validation_error"},
+            status_code=422,
+        )
+
+    @app.exception_handler(StoredResponse)
+    async def replay(_: Request, stored: StoredResponse) -> Response:
+        response = Response(content=stored.body, status_code=stored.status_code)
+        response.raw_headers += [
+            *((name.encode("latin-1"), value.encode("latin-1")) for name, value in stored.headers),
+            (b"idempotent-replayed", b"true"),
+        ]
+        return response
 
     @app.exception_handler(IntegrityError)
     async def integrity_error(_: Request, exc: IntegrityError) -> JSONResponse:
@@ -127,12 +163,8 @@ def _register_error_handlers(app: FastAPI) -> None:
             {"detail": "Internal error.", "code": "internal_error"}, status_code=500
         )
 
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error", exc_info=exc)
-        return JSONResponse(
-            {"detail": "Internal error.", "code": "internal_error"}, status_code=500
-        )
+    # An exception no handler took is answered by the edge middleware (app/middleware.py), so
+    # that the 500 carries the request id like every other response.
 
 
 def operation_id(route: APIRoute) -> str:
@@ -191,6 +223,7 @@ def create_app() -> FastAPI:
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -198,5 +231,5 @@ def create_app() -> FastAPI:
             allow_methods=["*"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
         )
-    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(EdgeMiddleware)
     return app

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
+
+# What an error may echo of the client's input: enough to recognise it, never the whole of it.
+EXCERPT_CHARS = 80
+_EXCERPT_ITEMS = 5
+_EXCERPT_DEPTH = 2
 
 
 class AppError(Exception):
@@ -149,3 +155,48 @@ VALIDATION_ERROR_RESPONSE: dict[int | str, dict[str, Any]] = {
         "description": "The request is invalid (`validation_error`).",
     }
 }
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    code = "payload_too_large"
+    default_detail = "The request body is larger than 1 MiB."
+
+
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    code = "unsupported_media_type"
+    default_detail = "Send the request body as JSON (Content-Type: application/json)."
+
+
+def printable(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """`text` cut to `limit` characters, and encodable as UTF-8 (an unpaired surrogate is shown
+    escaped): safe to put in a JSON response."""
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def excerpt(value: Any, limit: int = EXCERPT_CHARS, _depth: int = 0) -> Any:
+    """A short excerpt of client input that JSON can always serialise: strings and bytes cut and
+    made encodable, non-finite and huge numbers as text, containers cut to a few items."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 2**63 else f"<an integer of {value.bit_length()} bits>"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return printable(value, limit)
+    if isinstance(value, bytes | bytearray):
+        return printable(bytes(value[: limit * 4]).decode("utf-8", "replace"), limit)
+    if _depth >= _EXCERPT_DEPTH:
+        return "…"
+    if isinstance(value, dict):
+        items = list(value.items())[:_EXCERPT_ITEMS]
+        return {printable(str(k), limit): excerpt(v, limit, _depth + 1) for k, v in items}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [excerpt(v, limit, _depth + 1) for v in list(value)[:_EXCERPT_ITEMS]]
+    return printable(str(value), limit)

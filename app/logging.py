@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from app.context import current_context
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -38,8 +38,22 @@ class ConsoleFormatter(logging.Formatter):
 HTTP_CLIENT_LOGGERS = ("httpx", "httpx2")
 
 
+class ContextFilter(logging.Filter):
+    """Every line written while serving a request or a relay session carries its request_id,
+    tenant_id and call_id (where known): app/context.py."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = current_context()
+        if context is not None:
+            for key, value in context.log_fields().items():
+                if key not in record.__dict__:
+                    setattr(record, key, value)
+        return True
+
+
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(ContextFilter())
     handler.setFormatter(
         JsonFormatter()
         if fmt == "json"
@@ -56,38 +70,3 @@ def configure_logging(level: str, fmt: str) -> None:
         logging.getLogger(name).setLevel(
             logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
         )
-
-
-class RequestLogMiddleware:
-    """One log line per HTTP request (uvicorn's access log is off: it costs a third of throughput)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.logger = logging.getLogger("vca.request")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status_code = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            if self.logger.isEnabledFor(logging.INFO):
-                self.logger.info(
-                    "request",
-                    extra={
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status_code,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    },
-                )

@@ -41,6 +41,7 @@ from app.logging import configure_logging
 from app.models.base import utcnow
 from app.services.billing import PeriodCloser
 from app.services.events import NOTIFY_CHANNEL
+from app.services.idempotency import prune_expired
 from app.services.webhooks import (
     ClaimedDelivery,
     DeliveryOutcome,
@@ -70,6 +71,8 @@ _LEASE_MARGIN = timedelta(seconds=5)
 # Outcomes stored per transaction at most (a tenant's share of them, in one statement).
 _MAX_RECORD_BATCH = 500
 _RECORD_LINGER_SECONDS = 0.01
+# Idempotency-Keys live 24 hours; the worker deletes the expired ones this often.
+PRUNE_INTERVAL_SECONDS = 600.0
 
 
 class WebhookWorker:
@@ -173,8 +176,12 @@ class WebhookWorker:
         poll interval. On stop, finish the sends in progress and give back the rest."""
         listener: psycopg.Connection[Any] | None = None
         next_listen_attempt = 0.0
+        next_prune = 0.0
         try:
             while not self._stop.is_set():
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
+                    _prune_idempotency_keys()
                 if listener is None and time.monotonic() >= next_listen_attempt:
                     listener = self._listen()
                     if listener is None:
@@ -402,6 +409,13 @@ class WebhookWorker:
 class _Recorded:
     outcome: DeliveryOutcome
     done: Future[str | None]
+
+
+def _prune_idempotency_keys() -> None:
+    try:
+        prune_expired()
+    except Exception:
+        logger.exception("pruning expired idempotency keys failed")
 
 
 def sign_delivery(claimed: ClaimedDelivery) -> tuple[bytes, dict[str, str]]:

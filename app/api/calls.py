@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Generator
-from datetime import datetime
 from typing import Annotated, Literal
 
 import anyio
@@ -29,7 +28,7 @@ from app.schemas.calls import (
     CallTurnOut,
     OutboundCallCreate,
 )
-from app.schemas.common import Page
+from app.schemas.common import Page, Timestamp
 from app.services.analytics import EXPORT_EXAMPLE, export_calls_csv
 from app.services.calls import (
     CallService,
@@ -51,10 +50,10 @@ async def call_filters(
     phone_number_id: Annotated[uuid.UUID | None, Query()] = None,
     ai_profile_id: Annotated[uuid.UUID | None, Query()] = None,
     started_after: Annotated[
-        datetime | None, Query(description="started_at >= this (RFC 3339; no offset = UTC).")
+        Timestamp | None, Query(description="started_at >= this (RFC 3339 with an offset).")
     ] = None,
     started_before: Annotated[
-        datetime | None, Query(description="started_at < this (RFC 3339; no offset = UTC).")
+        Timestamp | None, Query(description="started_at < this (RFC 3339 with an offset).")
     ] = None,
 ) -> CallFilters:
     """The call list's filters, shared by the list and the export (async: no threadpool trip)."""

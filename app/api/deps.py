@@ -17,12 +17,15 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app import ratelimit
 from app.config.database import (
     get_session_factory,
     get_single_statement_session_factory,
 )
 from app.config.settings import settings
+from app.context import current_context, set_tenant
 from app.errors import Forbidden, NotFound, TenantSuspended, Unauthorized
+from app.services import idempotency
 from app.services.auth import authenticate
 from app.services.scope import Principal, Role, TenantScope, enter_tenant
 from app.telephony.urls import TwilioUrls
@@ -61,6 +64,10 @@ def _uses_session(dependant: Dependant) -> bool:
         sub.call in (get_db_session, get_single_statement_session) or _uses_session(sub)
         for sub in dependant.dependencies
     )
+
+
+def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    return any(sub.call is call or _depends_on(sub, call) for sub in dependant.dependencies)
 
 
 def _session_parameters(endpoint: Callable[..., Any]) -> list[str]:
@@ -108,7 +115,14 @@ class TransactionalRoute(APIRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         names = _session_parameters(endpoint)
-        if _uses_session(get_dependant(path=path, call=endpoint)):
+        dependant = get_dependant(path=path, call=endpoint)
+        if "POST" in (kwargs.get("methods") or ()) and _depends_on(dependant, get_principal):
+            # Every POST an API key may send honours Idempotency-Key (SPEC 4).
+            kwargs["dependencies"] = [
+                *(kwargs.get("dependencies") or ()),
+                Depends(claim_idempotency_key, scope="function"),
+            ]
+        if _uses_session(dependant):
             if not names or inspect.iscoroutinefunction(endpoint):
                 raise TypeError(
                     f"{endpoint.__qualname__}: a route using the database must be a sync "
@@ -141,10 +155,35 @@ def get_principal(
     principal = authenticate(session, credentials.credentials.strip())
     if principal is None:
         raise Unauthorized("The API key is invalid, expired or revoked.")
+    set_tenant(principal.tenant_id)
+    ratelimit.get_rate_limiter().check(principal)  # no database: memory or Redis
     return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal, scope="function")]
+
+
+async def claim_idempotency_key(
+    request: Request, principal: CurrentPrincipal, session: DbSession
+) -> None:
+    """A POST's Idempotency-Key, claimed in the request's transaction (app/services/idempotency.py);
+    its response is stored by the edge middleware before it is sent. Without the header: nothing."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return
+    request_fingerprint = idempotency.fingerprint(
+        request.method, request.scope["path"], request.scope["query_string"], await request.body()
+    )
+    claim = await run_in_threadpool(
+        idempotency.claim,
+        session,
+        tenant_id=None if principal.is_platform_admin else principal.tenant_id,
+        key=key,
+        request_fingerprint=request_fingerprint,
+    )
+    context = current_context()
+    if context is not None:
+        context.idempotency = claim
 
 
 async def require_platform_admin(principal: CurrentPrincipal) -> Principal:

@@ -11,7 +11,9 @@ import logging
 
 from fastapi import APIRouter, Response, WebSocket
 
+from app import metrics
 from app.api.deps import TransactionalRoute
+from app.context import set_tenant
 from app.errors import error_responses
 from app.services.relay import relay_action_twiml
 from app.telephony.relay import POLICY_VIOLATION, RelaySession, handshake_rejection
@@ -35,6 +37,7 @@ async def conversation_relay(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     session = RelaySession(websocket.send_text)
+    metrics.RELAY_SESSIONS.inc()
     try:
         while True:
             if session.call is None:
@@ -55,10 +58,13 @@ async def conversation_relay(websocket: WebSocket) -> None:
                 session.ignore_binary(len(message.get("bytes") or b""))
                 continue
             await session.handle_message(text)
+            if session.call is not None:  # every later log line of the session names its call
+                set_tenant(session.call.scope.tenant_id, session.call.call_id)
             if session.close_code is not None:
                 await websocket.close(code=session.close_code)
                 break
     finally:
+        metrics.RELAY_SESSIONS.dec()
         await session.close()
 
 

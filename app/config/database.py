@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from app.config.settings import settings
+from app.metrics import DB_POOL_IN_USE
 
 # psycopg prepares a statement on the server once it has run this many times on a connection, and
 # then executes it on its cached plan (no parse, no RLS rewrite, no planning per request).
@@ -58,11 +59,14 @@ def build_engine(url: str, *, pool_size: int, prepared_statements: bool) -> Engi
 @lru_cache(maxsize=1)
 def get_engine() -> Engine:
     """The process-wide engine for the app role (created on first use, not at import)."""
-    return build_engine(
+    engine = build_engine(
         settings.DATABASE_URL,
         pool_size=settings.DATABASE_POOL_SIZE,
         prepared_statements=settings.DATABASE_PREPARED_STATEMENTS,
     )
+    event.listen(engine, "checkout", lambda *_: DB_POOL_IN_USE.inc())
+    event.listen(engine, "checkin", lambda *_: DB_POOL_IN_USE.dec())
+    return engine
 
 
 @lru_cache(maxsize=1)

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     LLM_TIMEOUT_SECONDS: float = Field(default=8.0, gt=0, le=120)
     WEBHOOK_ALLOW_PRIVATE_URLS: bool = False
     CORS_ORIGINS: str = ""
+    # memory:// counts per process; redis://host:6379/0 shares the counts between processes.
+    RATE_LIMIT_STORAGE_URL: str = "memory://"
+    RATE_LIMIT_PER_MINUTE: int = Field(default=600, ge=1)  # per API key (and the admin key)
+    RATE_LIMIT_TENANT_PER_MINUTE: int = Field(default=1200, ge=1)  # a tenant's keys together
     LOG_LEVEL: str = "INFO"
     LOG_FORMAT: LogFormat = LogFormat.json
 
@@ -100,6 +104,13 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("RATE_LIMIT_STORAGE_URL")
+    @classmethod
+    def _limits_storage(cls, value: str) -> str:
+        if value.split("://", 1)[0] not in ("memory", "redis", "rediss", "redis+sentinel"):
+            raise ValueError("must be memory:// or a redis://, rediss:// or redis+sentinel:// URL")
+        return value
 
     @field_validator("LOG_LEVEL")
     @classmethod

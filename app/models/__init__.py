@@ -6,6 +6,7 @@ from app.models.base import Base
 from app.models.billing_period import BillingPeriod
 from app.models.call import Call
 from app.models.call_turn import CallTurn
+from app.models.idempotency_key import AdminIdempotencyKey, IdempotencyKey
 from app.models.invoice import Invoice, InvoiceCounter
 from app.models.phone_number import PhoneNumber
 from app.models.plan import Plan
@@ -19,6 +20,7 @@ from app.models.webhook_event import WebhookEvent
 
 __all__ = [
     "AIProfile",
+    "AdminIdempotencyKey",
     "ApiKey",
     "Base",
     "BillingPeriod",
@@ -26,6 +28,7 @@ __all__ = [
     "CallTurn",
     "Invoice",
     "InvoiceCounter",
+    "IdempotencyKey",
     "PhoneNumber",
     "Plan",
     "PlanChange",

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field
 
-from app.schemas.common import RequestModel, ResponseModel
+from app.schemas.common import RequestModel, ResponseModel, Timestamp
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"
 # A plan's name; which plans exist is the `plans` table's to say (GET /api/v1/plans).
@@ -77,7 +77,9 @@ class ApiKeyCreate(RequestModel):
     role: Literal["admin", "read_only"] = Field(
         default="admin", description="admin: everything in the tenant; read_only: GET only"
     )
-    expires_at: datetime | None = None
+    # Bounded years: an expiry PostgreSQL stores but Python cannot read back would break every
+    # later read of the tenant's keys.
+    expires_at: Timestamp | None = None
 
 
 class ApiKeyOut(ResponseModel):

@@ -43,6 +43,7 @@ from app.schemas.analytics import (
     Totals,
 )
 from app.schemas.calls import CallDirection, CallFilters
+from app.schemas.common import MAX_YEAR, MIN_YEAR
 from app.services.calls import apply_call_filters
 from app.services.scope import TenantScope, tenant_filter
 
@@ -51,8 +52,6 @@ T = TypeVar("T")
 DEFAULT_RANGE_DAYS = 30
 MAX_RANGE_DAYS = 400
 MAX_BUCKETS = 2000
-# SPEC 4: timestamps lie in years 2000-2999.
-MIN_YEAR, MAX_YEAR = 2000, 2999
 
 COMPLETED = "completed"
 TRANSFERRED = "transferred"

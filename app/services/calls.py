@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, cast
 
@@ -13,6 +12,7 @@ from sqlalchemy import ColumnElement, Select, String, Table, Uuid, func, literal
 from sqlalchemy import cast as cast_
 from sqlalchemy.orm import Session
 
+from app import metrics
 from app.config.settings import settings
 from app.errors import (
     BadGateway,
@@ -75,19 +75,14 @@ class ProviderError(BadGateway):
     default_detail = "Twilio refused or failed to place the call."
 
 
-def _utc(moment: datetime) -> datetime:
-    # A timestamp without an offset in a query string is taken as UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
-# The list's filters: the condition each puts on its value.
+# The list's filters: the condition each puts on its value (timestamps are aware: app/schemas).
 _FILTERS: dict[str, Callable[[Any], ColumnElement[bool]]] = {
     "status": lambda value: Call.status == value,
     "direction": lambda value: Call.direction == value,
     "phone_number_id": lambda value: Call.phone_number_id == value,
     "ai_profile_id": lambda value: Call.ai_profile_id == value,
-    "started_after": lambda value: Call.started_at >= _utc(value),
-    "started_before": lambda value: Call.started_at < _utc(value),
+    "started_after": lambda value: Call.started_at >= value,
+    "started_before": lambda value: Call.started_at < value,
 }
 
 
@@ -206,6 +201,7 @@ class CallService:
         if tenant is None:
             raise NotFound("Tenant not found.")
         reason = call_limit_violation(self.session, tenant)
+        metrics.CALLS.labels("outbound", reason or "admitted").inc()
         if reason == REJECT_TENANT_SUSPENDED:
             raise TenantSuspended()
         if reason == REJECT_CONCURRENCY_LIMIT:

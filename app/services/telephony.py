@@ -21,6 +21,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 from twilio.twiml.voice_response import VoiceResponse
 
+from app import metrics
 from app.config.database import bind_tenant
 from app.models import Call, CallTurn, Tenant
 from app.models.base import new_id, utcnow
@@ -175,14 +176,18 @@ def turns_of_call(
     )
 
 
+# Twilio ends every call within 24 hours; a longer CallDuration is not one Twilio sent.
+MAX_CALL_DURATION_SECONDS = 24 * 3600
+
+
 def _parse_duration(raw: str | None) -> int | None:
-    if raw is None or not raw.strip():
+    """Twilio's CallDuration in seconds, or None (the call is then measured from its answer)
+    for anything that is not a plausible count of seconds."""
+    raw = (raw or "").strip()
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6:
         return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        return None
-    return value if value >= 0 else None
+    value = int(raw)
+    return value if value <= MAX_CALL_DURATION_SECONDS else None
 
 
 def _parse_event_time(raw: str | None) -> datetime | None:
@@ -266,11 +271,15 @@ class TelephonyService:
             return twiml.hangup()
         if row.outcome == "unrouted":
             logger.info("inbound call to an unrouted number", extra={"sid": call_sid})
+            metrics.CALLS.labels("inbound", "unrouted").inc()
             return twiml.reject("rejected")
         if row.call_status == "rejected":
             if row.outcome == "created":
                 logger.info("inbound call rejected", extra={"call_id": str(row.call_id)})
+                metrics.CALLS.labels("inbound", "rejected").inc()
             return twiml.reject("busy")
+        if row.outcome == "created":
+            metrics.CALLS.labels("inbound", "admitted").inc()
         if CallStatus(row.call_status).is_terminal or row.ai_profile_id is None:
             return twiml.hangup()
         profile = AnsweringProfile(row.ai_profile_id, row.greeting, row.language, row.voice)

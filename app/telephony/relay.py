@@ -28,6 +28,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import anyio.to_thread
 
+from app import metrics
 from app.config.settings import settings
 from app.llm.agent import (
     END_CALL,
@@ -215,7 +216,7 @@ class RelaySession:
             return
         try:
             message = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             logger.warning("relay frame is not JSON, ignored", extra=self.log_context)
             return
         if not isinstance(message, dict):
@@ -490,6 +491,7 @@ class RelaySession:
         await self._send({"type": "text", "token": text, "last": last})
         if turn.latency_ms is None and (text or last):
             turn.latency_ms = round((time.perf_counter() - turn.received_at) * 1000)
+            metrics.AGENT_TURN_LATENCY.observe(turn.latency_ms / 1000)
         if text:
             turn.parts.append(text)
 
@@ -618,8 +620,9 @@ class RelaySession:
 
 
 def _as_int(value: Any) -> int | None:
-    """Twilio sends durationUntilInterruptMs as a number or as a string of digits."""
+    """Twilio sends durationUntilInterruptMs as a number or as a string of digits (anything else,
+    infinities included, is None)."""
     try:
         return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None

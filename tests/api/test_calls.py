@@ -69,9 +69,11 @@ def test_filters(client: TestClient, tenant: TenantFixture, calls: dict[str, Any
     after, before = T0 + timedelta(hours=1), T0 + timedelta(hours=4)
     window = {"started_after": after.isoformat(), "started_before": before.isoformat()}
     assert _list(client, tenant, **window) == [ids[3], ids[2], ids[1]]
-    # A timestamp without an offset is UTC.
+    # SPEC 4: a timestamp carries an offset (one without is refused, not guessed to be UTC).
     naive = {"started_after": after.replace(tzinfo=None).isoformat()}
-    assert _list(client, tenant, **naive) == newest_first[:5]
+    response = client.get(tenant.url("/calls"), params=naive, headers=tenant.read_headers)
+    assert response.status_code == 422
+    assert _list(client, tenant, started_after=after.isoformat()) == newest_first[:5]
     assert _list(client, tenant, status="completed", direction="inbound", **window) == []
     assert _list(client, tenant, status="completed", direction="inbound") == [ids[5], ids[0]]
     assert _list(client, tenant, phone_number_id=str(uuid.uuid4())) == []

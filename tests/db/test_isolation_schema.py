@@ -24,7 +24,14 @@ GLOBAL_UNIQUE = {
     ("invoices", ("number",)),
 }
 # invoice_counters: the platform's invoice numbers (the platform is the issuer), one row per year.
-PLATFORM_TABLES = {"alembic_version", "tenants", "plans", "invoice_counters"}
+# admin_idempotency_keys: the platform admin key's Idempotency-Keys (the admin is no tenant).
+PLATFORM_TABLES = {
+    "alembic_version",
+    "tenants",
+    "plans",
+    "invoice_counters",
+    "admin_idempotency_keys",
+}
 
 
 def _tables(engine: Engine) -> list[str]:

@@ -21,6 +21,7 @@ ALLOWED = {
     ("app/worker.py", "claim"),  # the worker's claim loop (webhook deliveries)
     # The worker's billing close: the (tenant, month) pairs due; each close is tenant-scoped.
     ("app/services/billing.py", "due_periods"),
+    ("app/services/idempotency.py", "prune_expired"),  # the worker: keys past 24 hours
 }
 
 
