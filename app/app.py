@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +32,7 @@ from app.api import (
     webhooks,
 )
 from app.config.settings import settings
+from app.telephony.capacity import install_drain, loop_lag
 from app.errors import VALIDATION_ERROR_RESPONSE, AppError
 from app.logging import RequestLogMiddleware, configure_logging
 
@@ -74,7 +77,12 @@ def _verify_database_role() -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.is_production:
         await run_in_threadpool(_verify_database_role)
-    yield
+    install_drain(asyncio.get_running_loop(), settings.DRAIN_TIMEOUT_SECONDS)
+    loop_lag.start()
+    try:
+        yield
+    finally:
+        await loop_lag.stop()
 
 
 def _register_error_handlers(app: FastAPI) -> None:

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     LLM_API_KEY: str | None = None
     LLM_MODEL: str | None = None
     LLM_TIMEOUT_SECONDS: float = Field(default=8.0, gt=0, le=120)
+    # Live ConversationRelay calls one API process holds before its voice webhook refuses new
+    # ones (503: Twilio's fallback URL answers); docs/scaling.md has the measured figure.
+    MAX_LIVE_CALLS_PER_PROCESS: int = Field(default=1000, ge=1, le=100_000)
+    # On SIGTERM, how long live calls may go on before the process stops anyway.
+    DRAIN_TIMEOUT_SECONDS: float = Field(default=300.0, ge=0, le=86_400)
     WEBHOOK_ALLOW_PRIVATE_URLS: bool = False
     CORS_ORIGINS: str = ""
     LOG_LEVEL: str = "INFO"

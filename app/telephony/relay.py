@@ -50,6 +50,7 @@ from app.services.relay import (
     TranscriptChange,
 )
 from app.services.scope import TenantScope
+from app.telephony.capacity import live_calls
 from app.telephony.signature import is_valid_twilio_signature, websocket_url
 
 __all__ = [
@@ -89,13 +90,9 @@ Send = Callable[[str], Awaitable[None]]
 RunSync = Callable[[Callable[[], T]], Awaitable[T]]
 
 
-# Sessions bound to a call and not yet finished (their post-call work included).
-_live_sessions: set[RelaySession] = set()
-
-
 def live_sessions() -> int:
     """How many relay sessions this process is serving (calls on the line, or just ended)."""
-    return len(_live_sessions)
+    return live_calls.count()
 
 
 def duration_limit(profile_seconds: int) -> float:
@@ -278,7 +275,7 @@ class RelaySession:
         try:
             await self._summarize()
         finally:
-            _live_sessions.discard(self)
+            live_calls.discard(self)
 
     # ------------------------------------------------------------------ setup
 
@@ -309,7 +306,7 @@ class RelaySession:
             self._refuse("could not bind the call", INTERNAL_ERROR)
             return
         self.call = bound
-        _live_sessions.add(self)
+        live_calls.add(self, bound.call_id)
         self.history = list(bound.history)
         self._next_seq = bound.next_seq
         agent_turns = [entry for entry in self.history if entry.role == "agent"]
