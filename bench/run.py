@@ -337,6 +337,8 @@ def run_live_phase(
     port = free_port()
     live_env = {**env, "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"}
     live_env["MAX_LIVE_CALLS_PER_PROCESS"] = "100000"
+    # For paired runs of the relay's tuning (e.g. RELAY_COALESCE_MS=0 make bench-quick).
+    live_env.update({k: v for k, v in os.environ.items() if k.startswith("RELAY_")})
     print("Live calls (one API process)…", flush=True)
     with ExitStack() as stack:
         llm = stack.enter_context(RemoteFakeLLM(live_env))
