@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,9 +31,9 @@ from app.api import (
     webhooks,
 )
 from app.config.settings import settings
-from app.telephony.capacity import install_drain, loop_lag
 from app.errors import VALIDATION_ERROR_RESPONSE, AppError
 from app.logging import RequestLogMiddleware, configure_logging
+from app.telephony.capacity import install_drain, loop_lag
 
 logger = logging.getLogger("vca")
 

@@ -29,6 +29,7 @@ class Counters:
     rejected: int = 0  # the voice webhook did not hand the call to the agent
     dropped: int = 0  # a socket that failed or closed while the call was live
     turn_timeouts: int = 0  # no `last` frame within the bound
+    status_failures: int = 0  # a completed callback that could not be posted
     frames: int = 0
     turns: int = 0
     interrupts: int = 0
@@ -46,8 +47,16 @@ class Call:
         self.progress = asyncio.Event()
 
 
-async def _call(cfg: dict[str, Any], slot: int, serial: int, rng: random.Random, http: Any,
-                validator: Any, stats: Counters, stop_at: float) -> None:
+async def _call(
+    cfg: dict[str, Any],
+    slot: int,
+    serial: int,
+    rng: random.Random,
+    http: Any,
+    validator: Any,
+    stats: Counters,
+    stop_at: float,
+) -> None:
     import websockets
 
     number = cfg["numbers"][rng.randrange(len(cfg["numbers"]))]
@@ -105,8 +114,9 @@ async def _call(cfg: dict[str, Any], slot: int, serial: int, rng: random.Random,
                     current.progress.set()
                 if frame.get("last"):
                     current.done.set()
-        except Exception:
-            pass
+        except Exception:  # the socket failed: counted as dropped below if the call was live
+            stats.dropped += int(live)
+            live = False
         if live:
             stats.dropped += 1
             live = False
@@ -117,19 +127,25 @@ async def _call(cfg: dict[str, Any], slot: int, serial: int, rng: random.Random,
     try:
         async with websockets.connect(
             cfg["base"].replace("http://", "ws://") + "/telephony/twilio/relay",
-            additional_headers={
-                "X-Twilio-Signature": validator.compute_signature(ws_url, {})
-            },
+            additional_headers={"X-Twilio-Signature": validator.compute_signature(ws_url, {})},
             open_timeout=30,
             ping_interval=None,
             compression=None,
         ) as ws:
             task = asyncio.create_task(reader(ws))
-            await ws.send(json.dumps({
-                "type": "setup", "sessionId": "VX" + secrets.token_hex(16), "callSid": sid,
-                "from": params["From"], "to": number, "direction": "inbound",
-                "customParameters": {"call_id": call_id},
-            }))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "setup",
+                        "sessionId": "VX" + secrets.token_hex(16),
+                        "callSid": sid,
+                        "from": params["From"],
+                        "to": number,
+                        "direction": "inbound",
+                        "customParameters": {"call_id": call_id},
+                    }
+                )
+            )
             turn = 0
             while live:
                 pause = rng.uniform(*cfg["prompt_seconds"])
@@ -145,9 +161,11 @@ async def _call(cfg: dict[str, Any], slot: int, serial: int, rng: random.Random,
                     await ws.send(json.dumps({"type": "dtmf", "digit": str(rng.randrange(10))}))
                     expected[0] += 1
                 sent_at = time.perf_counter()
-                await ws.send(json.dumps(
-                    {"type": "prompt", "voicePrompt": marker, "lang": "en-US", "last": True}
-                ))
+                await ws.send(
+                    json.dumps(
+                        {"type": "prompt", "voicePrompt": marker, "lang": "en-US", "last": True}
+                    )
+                )
                 expected[0] += 1
                 interrupt = rng.random() < cfg["interrupt_probability"]
                 try:
@@ -157,11 +175,15 @@ async def _call(cfg: dict[str, Any], slot: int, serial: int, rng: random.Random,
                             await asyncio.wait_for(current.progress.wait(), 15)
                         if not current.done.is_set():
                             stats.interrupts += 1
-                            await ws.send(json.dumps({
-                                "type": "interrupt",
-                                "utteranceUntilInterrupt": "".join(current.heard),
-                                "durationUntilInterruptMs": "900",
-                            }))
+                            await ws.send(
+                                json.dumps(
+                                    {
+                                        "type": "interrupt",
+                                        "utteranceUntilInterrupt": "".join(current.heard),
+                                        "durationUntilInterruptMs": "900",
+                                    }
+                                )
+                            )
                     else:
                         await asyncio.wait_for(current.done.wait(), 15)
                 except TimeoutError:
@@ -197,11 +219,18 @@ async def _call(cfg: dict[str, Any], slot: int, serial: int, rng: random.Random,
         )
         stats.calls_completed += 1
     except Exception:
-        pass
+        stats.status_failures += 1
 
 
-async def _slot(cfg: dict[str, Any], slot: int, http: Any, validator: Any, stats: Counters,
-                start: float, stop_at: float) -> None:
+async def _slot(
+    cfg: dict[str, Any],
+    slot: int,
+    http: Any,
+    validator: Any,
+    stats: Counters,
+    start: float,
+    stop_at: float,
+) -> None:
     rng = random.Random(f"{cfg['seed']}-{cfg['proc']}-{slot}")
     await asyncio.sleep(max(0.0, start + rng.uniform(0, cfg["ramp_seconds"]) - time.perf_counter()))
     serial = 0
@@ -221,11 +250,13 @@ async def main(cfg: dict[str, Any], result_path: Path) -> None:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(limits=limits, timeout=30) as http:
         await asyncio.gather(
-            *(_slot(cfg, slot, http, validator, stats, start, stop_at)
-              for slot in range(cfg["sessions"]))
+            *(
+                _slot(cfg, slot, http, validator, stats, start, stop_at)
+                for slot in range(cfg["sessions"])
+            )
         )
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    result = {k: v for k, v in stats.__dict__.items()}
+    result = dict(stats.__dict__.items())
     result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     result_path.write_text(json.dumps(result))
 

@@ -219,10 +219,40 @@ def relay_responder(request: dict[str, Any]) -> Any:
     return Script(tokens=[marker, "Sure,", " I", " can", " help", " with", " that", "."])
 
 
-_WORDS = (
-    "sure I can help with that the appointment is on Tuesday at ten and we will send you a "
-    "confirmation by text message if anything changes please call us back any time"
-).split()
+_WORDS = [
+    "sure",
+    "I",
+    "can",
+    "help",
+    "with",
+    "that",
+    "the",
+    "appointment",
+    "is",
+    "on",
+    "Tuesday",
+    "at",
+    "ten",
+    "and",
+    "we",
+    "will",
+    "send",
+    "you",
+    "a",
+    "confirmation",
+    "by",
+    "text",
+    "message",
+    "if",
+    "anything",
+    "changes",
+    "please",
+    "call",
+    "us",
+    "back",
+    "any",
+    "time",
+]
 
 
 def live_script(marker: str) -> Any:

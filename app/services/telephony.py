@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session
 from twilio.twiml.voice_response import VoiceResponse
 
 from app.config.database import bind_tenant
+from app.errors import AtCapacity
 from app.models import Call, CallTurn, Tenant
 from app.models.base import new_id, utcnow
 from app.models.call import CallStatus
 from app.services import billing, events
-from app.errors import AtCapacity
 from app.services.scope import Principal, Role, TenantScope, scoped
 from app.telephony import twiml
 from app.telephony.capacity import LiveCalls

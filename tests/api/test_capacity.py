@@ -111,7 +111,7 @@ def test_reservations_of_calls_that_never_connect_expire(
     assert not calls.has_room()
     monkeypatch.setattr(capacity, "RESERVATION_SECONDS", 0.0)
     calls.reserve(uuid.uuid4())
-    calls._reserved = {k: 0.0 for k in calls._reserved}  # all past their deadline
+    calls._reserved = dict.fromkeys(calls._reserved, 0.0)  # all past their deadline
     assert calls.has_room()
 
 
