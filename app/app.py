@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ from app.errors import VALIDATION_ERROR_RESPONSE, AppError, excerpt, printable
 from app.logging import configure_logging
 from app.middleware import EdgeMiddleware
 from app.services.idempotency import StoredResponse
+from app.telephony.capacity import install_drain, loop_lag
 
 logger = logging.getLogger("vca")
 
@@ -100,7 +102,12 @@ def _verify_database_role() -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.is_production:
         await run_in_threadpool(_verify_database_role)
-    yield
+    install_drain(asyncio.get_running_loop(), settings.DRAIN_TIMEOUT_SECONDS)
+    loop_lag.start()
+    try:
+        yield
+    finally:
+        await loop_lag.stop()
 
 
 def _register_error_handlers(app: FastAPI) -> None:

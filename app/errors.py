@@ -100,6 +100,11 @@ class ServiceUnavailable(AppError):
         super().__init__(detail, code=code, headers={"Retry-After": "5"})
 
 
+class AtCapacity(ServiceUnavailable):
+    code = "capacity"
+    default_detail = "This server holds all the live calls it can; retry on another."
+
+
 class ErrorBody(BaseModel):
     """Every error: a sentence for people and a stable code for programs."""
 

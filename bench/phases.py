@@ -191,6 +191,10 @@ class RemoteFakeLLM:
         self._process.wait(timeout=10)
         self._port_file.unlink(missing_ok=True)
 
+    @property
+    def pid(self) -> int:
+        return int(self._process.pid)
+
     def refresh(self) -> None:
         url = self.base_url.rsplit("/v1", 1)[0] + "/_fake/first-tokens"
         with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
@@ -208,9 +212,62 @@ def relay_responder(request: dict[str, Any]) -> Any:
         (m for m in reversed(request.get("messages", [])) if m.get("role") == "user"), None
     )
     marker = str(last_user.get("content", "")).strip() if last_user else "?"
+    if marker.startswith("L") and " " not in marker:
+        return live_script(marker)
     if not marker.startswith("S"):
         return Script(tokens=["Summary."])
     return Script(tokens=[marker, "Sure,", " I", " can", " help", " with", " that", "."])
+
+
+_WORDS = [
+    "sure",
+    "I",
+    "can",
+    "help",
+    "with",
+    "that",
+    "the",
+    "appointment",
+    "is",
+    "on",
+    "Tuesday",
+    "at",
+    "ten",
+    "and",
+    "we",
+    "will",
+    "send",
+    "you",
+    "a",
+    "confirmation",
+    "by",
+    "text",
+    "message",
+    "if",
+    "anything",
+    "changes",
+    "please",
+    "call",
+    "us",
+    "back",
+    "any",
+    "time",
+]
+
+
+def live_script(marker: str) -> Any:
+    """A live caller's answer: the marker, then 30–60 tokens at ~50 tokens/s after 200–400 ms
+    (seeded by the marker, so a run repeats)."""
+    from tests.fakes.fake_llm import Script
+
+    rng = random.Random(marker)
+    count = rng.randint(30, 60)
+    words = [" " + _WORDS[rng.randrange(len(_WORDS))] for _ in range(count - 1)]
+    return Script(
+        tokens=[marker, *words, "."],
+        first_token_delay=rng.uniform(0.2, 0.4),
+        inter_token_delay=0.02,
+    )
 
 
 # --------------------------------------------------------------------------- webhooks

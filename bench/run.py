@@ -159,6 +159,10 @@ def main() -> int:
     parser.add_argument(
         "--skip-http", action="store_true", help="only the relay and webhook phases (debugging)"
     )
+    parser.add_argument("--only", choices=["live"], help="run only this phase")
+    parser.add_argument(
+        "--live-steps", help="live calls: the steps N to run, comma-separated (default: profile's)"
+    )
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -232,6 +236,10 @@ def main() -> int:
         record(result, note)
 
     settle(server)
+    if args.only == "live":
+        extra["live_calls"] = run_live_phase(env, fixtures, owner, profile, args)
+        (RESULTS / "live.json").write_text(json.dumps(extra["live_calls"], indent=2))
+        return 0
     if not args.skip_http:
         with ExitStack() as stack:
             logs = RESULTS
@@ -303,12 +311,61 @@ def main() -> int:
                 env, fixtures, owner, base, profile, post, by_name=lambda: results
             )
         extra.update(run_extra_phases(env, fixtures, profile, base, llm, lambda: settle(server)))
+    settle(server)
+    extra["live_calls"] = run_live_phase(env, fixtures, owner, profile, args)
+    extra.setdefault("targets", {})["live_calls_ge_1000_one_process"] = (
+        extra["live_calls"]["headline_n"] >= 1000
+    )
 
     if args.skip_http:
         print(json.dumps(extra, indent=1))
         return 0
     report(profile, args, results, extra, seed_seconds)
     return 0
+
+
+def run_live_phase(
+    env: dict[str, str],
+    fixtures: dict[str, Any],
+    owner: Any,
+    profile: Profile,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Live calls on one API process: its own server (one uvicorn worker, no cap) and fake LLM."""
+    from bench.live import LIVE_FULL, LIVE_QUICK, live_calls, print_table
+    from bench.phases import RemoteFakeLLM
+
+    live_profile = LIVE_QUICK if profile.name == "quick" else LIVE_FULL
+    steps = tuple(int(n) for n in args.live_steps.split(",")) if args.live_steps else None
+    port = free_port()
+    live_env = {**env, "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"}
+    live_env["MAX_LIVE_CALLS_PER_PROCESS"] = "100000"
+    # For paired runs of the relay's tuning (e.g. RELAY_COALESCE_MS=0 make bench-quick).
+    live_env.update({k: v for k, v in os.environ.items() if k.startswith("RELAY_")})
+    print("Live calls (one API process)…", flush=True)
+    with ExitStack() as stack:
+        llm = stack.enter_context(RemoteFakeLLM(live_env))
+        live_env.update(
+            LLM_BASE_URL=llm.base_url,
+            LLM_API_KEY="bench",
+            LLM_MODEL="fake-model",
+            LLM_TIMEOUT_SECONDS="5",
+        )
+        api = stack.enter_context(serve("main:app", port, live_env, 1, RESULTS / "api-live.log"))
+        result = live_calls(
+            live_env,
+            f"http://127.0.0.1:{port}",
+            fixtures["numbers"],
+            llm,
+            api.pid,
+            owner,
+            live_profile,
+            steps,
+        )
+    print("\nLive calls per step:")
+    print_table(result["steps"])
+    print(f"Headline: {result['headline_n']:,} live calls on one process ({result['conditions']})")
+    return result
 
 
 def load_fixtures(owner: Any, profile: Profile) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from app.api.deps import TransactionalRoute
 from app.config.settings import settings
 from app.schemas.health import HealthOut
 from app.services.health import check_health
+from app.telephony.capacity import live_calls, loop_lag
 
 router = APIRouter(route_class=TransactionalRoute, tags=["health"])
 
@@ -19,14 +20,20 @@ router = APIRouter(route_class=TransactionalRoute, tags=["health"])
         200: {"model": HealthOut},
         503: {
             "model": HealthOut,
-            "description": "The database is unreachable: status is degraded.",
+            "description": "The database is unreachable (degraded), or the process is "
+            "draining after SIGTERM (draining): send it no new calls.",
         },
     },
 )
 async def healthz() -> JSONResponse:
     report = await run_in_threadpool(check_health)
-    body = {"status": "ok" if report.ok else "degraded", "checks": report.checks}
-    if report.ok:
+    status = "degraded" if not report.ok else "draining" if live_calls.draining else "ok"
+    body = {
+        "status": status,
+        "checks": report.checks,
+        "relay": {**live_calls.report(), "event_loop_lag": loop_lag.report()},
+    }
+    if status == "ok":
         return JSONResponse(body)
     return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
 

@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from app.api.deps import Callbacks, DbSession, SingleStatementSession, TransactionalRoute
-from app.errors import error_responses
+from app.errors import AtCapacity, error_responses
 from app.services.telephony import EMPTY_TWIML, TelephonyService
+from app.telephony.capacity import live_calls
 from app.telephony.request import InvalidTwilioSignature, TelephonyNotConfigured, TwilioForm
 
 router = APIRouter(route_class=TransactionalRoute, prefix="/telephony/twilio", tags=["telephony"])
@@ -25,12 +26,15 @@ TWIML_RESPONSE: dict[int | str, dict[str, Any]] = {
 @router.post(
     "/voice",
     response_class=Response,
-    responses={**TWIML_RESPONSE, **error_responses(InvalidTwilioSignature, TelephonyNotConfigured)},
+    responses={
+        **TWIML_RESPONSE,
+        **error_responses(InvalidTwilioSignature, TelephonyNotConfigured, AtCapacity),
+    },
     summary="Twilio voice webhook: route the call by `To` and answer with TwiML",
 )
 def voice_webhook(form: TwilioForm, session: SingleStatementSession, urls: Callbacks) -> Response:
     # One statement (`answer_inbound_call`), so no transaction around it: one round trip.
-    twiml = TelephonyService(session, urls).answer_voice(form)
+    twiml = TelephonyService(session, urls).answer_voice(form, live_calls)
     return Response(content=twiml, media_type=TWIML_MEDIA_TYPE)
 
 

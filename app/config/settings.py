@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     LLM_API_KEY: str | None = None
     LLM_MODEL: str | None = None
     LLM_TIMEOUT_SECONDS: float = Field(default=8.0, gt=0, le=120)
+    # Live ConversationRelay calls one API process holds before its voice webhook refuses new
+    # ones (503: Twilio's fallback URL answers); docs/scaling.md has the measured figure.
+    MAX_LIVE_CALLS_PER_PROCESS: int = Field(default=1000, ge=1, le=100_000)
+    # After the first text frame of an answer, tokens are held up to this long (or to the end of
+    # a sentence) and sent as one frame: text runs far ahead of speech, and every frame costs a
+    # write on the event loop that all calls share. 0 sends every token as it arrives.
+    RELAY_COALESCE_MS: float = Field(default=60.0, ge=0, le=500)
+    # On SIGTERM, how long live calls may go on before the process stops anyway.
+    DRAIN_TIMEOUT_SECONDS: float = Field(default=300.0, ge=0, le=86_400)
     WEBHOOK_ALLOW_PRIVATE_URLS: bool = False
     CORS_ORIGINS: str = ""
     # memory:// counts per process; redis://host:6379/0 shares the counts between processes.

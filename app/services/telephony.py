@@ -23,12 +23,14 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from app import metrics
 from app.config.database import bind_tenant
+from app.errors import AtCapacity
 from app.models import Call, CallTurn, Tenant
 from app.models.base import new_id, utcnow
 from app.models.call import CallStatus
 from app.services import billing, events
 from app.services.scope import Principal, Role, TenantScope, scoped
 from app.telephony import twiml
+from app.telephony.capacity import LiveCalls
 from app.telephony.urls import TwilioUrls
 
 logger = logging.getLogger("vca.telephony")
@@ -240,14 +242,22 @@ class TelephonyService:
 
     # -- voice webhook -------------------------------------------------------------------------
 
-    def answer_voice(self, form: dict[str, str]) -> str:
+    def answer_voice(self, form: dict[str, str], capacity: LiveCalls | None = None) -> str:
         """The TwiML answering a (signed) voice webhook; records the inbound call it routes.
 
         Guarantees: an unknown or inactive `To` is rejected and nothing is stored (no tenant would
         own the row); a refused call is stored as `rejected` with its end_reason; an admitted one
         as `ringing`; a CallSid already known (a Twilio retry, or an outbound call we placed being
-        answered) creates nothing and gets the TwiML of the existing call.
+        answered) creates nothing and gets the TwiML of the existing call. A process at its
+        `capacity` of live calls (or draining) raises AtCapacity (503) before anything is stored,
+        so the CallSid stays free for the retry Twilio's fallback URL sends to another server.
         """
+        if capacity is not None and not capacity.has_room():
+            logger.warning(
+                "voice webhook refused",
+                extra={"end_reason": "capacity", "sid": form.get("CallSid", "")[:64]},
+            )
+            raise AtCapacity()
         call_sid = form.get("CallSid", "").strip()
         if not call_sid or len(call_sid) > MAX_CALL_SID_LENGTH:
             # Not a SID of Twilio's (34 characters): no call could be recorded under it.
@@ -283,6 +293,8 @@ class TelephonyService:
         if CallStatus(row.call_status).is_terminal or row.ai_profile_id is None:
             return twiml.hangup()
         profile = AnsweringProfile(row.ai_profile_id, row.greeting, row.language, row.voice)
+        if capacity is not None:
+            capacity.reserve(row.call_id)
         return relay_twiml(row.call_id, profile, self.urls)
 
     # -- status callback -----------------------------------------------------------------------

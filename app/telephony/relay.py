@@ -51,6 +51,7 @@ from app.services.relay import (
     TranscriptChange,
 )
 from app.services.scope import TenantScope
+from app.telephony.capacity import live_calls
 from app.telephony.signature import is_valid_twilio_signature, websocket_url
 
 __all__ = [
@@ -80,6 +81,8 @@ DTMF_SETTLE_SECONDS = 0.7
 # How long transcript writes wait for an answer to be over before going ahead anyway.
 QUIET_WAIT_SECONDS = 2.0
 _DTMF_KEYS = frozenset("0123456789*#ABCDabcd")
+# Held text goes out at once when it ends a sentence: the speech synthesizer's natural unit.
+_SENTENCE_ENDS = frozenset(".!?")
 
 # WebSocket close codes (RFC 6455).
 POLICY_VIOLATION = 1008
@@ -90,13 +93,9 @@ Send = Callable[[str], Awaitable[None]]
 RunSync = Callable[[Callable[[], T]], Awaitable[T]]
 
 
-# Sessions bound to a call and not yet finished (their post-call work included).
-_live_sessions: set[RelaySession] = set()
-
-
 def live_sessions() -> int:
     """How many relay sessions this process is serving (calls on the line, or just ended)."""
-    return len(_live_sessions)
+    return live_calls.count()
 
 
 def duration_limit(profile_seconds: int) -> float:
@@ -146,6 +145,8 @@ class _AgentTurn:
     latency_ms: int | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    pending: list[str] = field(default_factory=list)  # text held back to share one frame
+    flush: asyncio.TimerHandle | None = None
     done: bool = False  # no longer producing output
     recorded: bool = False  # added to the transcript
 
@@ -170,12 +171,17 @@ class RelaySession:
         store: RelayStore | None = None,
         run_sync: RunSync[Any] = _run_in_thread,
         dtmf_settle_seconds: float | None = None,
+        coalesce_seconds: float | None = None,
     ) -> None:
         self._send_text = send
         self._llm_getter = llm
         self._store: RelayStore = store if store is not None else relay_store
         self._run_sync = run_sync
         self._dtmf_settle = dtmf_settle_seconds
+        self._coalesce = (
+            settings.RELAY_COALESCE_MS / 1000 if coalesce_seconds is None else coalesce_seconds
+        )
+        self._flushes: set[asyncio.Task[None]] = set()
         self._send_lock = asyncio.Lock()
 
         self.call: BoundCall | None = None
@@ -279,7 +285,7 @@ class RelaySession:
         try:
             await self._summarize()
         finally:
-            _live_sessions.discard(self)
+            live_calls.discard(self)
 
     # ------------------------------------------------------------------ setup
 
@@ -310,7 +316,7 @@ class RelaySession:
             self._refuse("could not bind the call", INTERNAL_ERROR)
             return
         self.call = bound
-        _live_sessions.add(self)
+        live_calls.add(self, bound.call_id)
         self.history = list(bound.history)
         self._next_seq = bound.next_seq
         agent_turns = [entry for entry in self.history if entry.role == "agent"]
@@ -433,7 +439,7 @@ class RelaySession:
                 ) as events:
                     async for event in events:
                         if isinstance(event, TextDelta):
-                            await self._speak(turn, event.text)
+                            await self._say(turn, event.text)
                         elif isinstance(event, ToolCall):
                             turn.tool_calls.append(event)
             except LLMError as exc:
@@ -442,10 +448,12 @@ class RelaySession:
                     extra={**self.log_context, "error": str(exc), "kind": type(exc).__name__},
                 )
                 turn.tool_calls.clear()
+                await self._flush(turn)
                 await self._speak(turn, "" if turn.parts else APOLOGY, last=True)
                 self._finish_turn(turn, text=turn.spoken, interrupted=False)
                 return
 
+            await self._flush(turn)
             action = self._chosen_action(profile, turn.tool_calls)
             closing = ""
             if not turn.spoken.strip():
@@ -486,6 +494,42 @@ class RelaySession:
                 extra={**self.log_context, "tool": call.name[:64]},
             )
         return None
+
+    async def _say(self, turn: _AgentTurn, text: str) -> None:
+        """Send an answer's text: its first words at once, then phrase-sized frames.
+
+        Frames after the first are held up to `coalesce` seconds or to a sentence's end: at
+        50 tokens/s a token is 20 ms of text but about 150 ms of speech, so the synthesizer never
+        waits on the hold, and a turn costs a few frames (each a write on the shared event loop)
+        instead of one per token (measured: docs/scaling.md).
+        """
+        if self._coalesce <= 0 or not turn.parts:
+            await self._speak(turn, text)
+            return
+        turn.pending.append(text)
+        if text.rstrip()[-1:] in _SENTENCE_ENDS:
+            await self._flush(turn)
+        elif turn.flush is None:
+            turn.flush = asyncio.get_running_loop().call_later(
+                self._coalesce, self._flush_later, turn
+            )
+
+    def _flush_later(self, turn: _AgentTurn) -> None:
+        turn.flush = None
+        if turn.pending and not turn.done:
+            task = asyncio.create_task(self._flush(turn))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, turn: _AgentTurn) -> None:
+        """Send the held text now (the send lock keeps frames in order)."""
+        if turn.flush is not None:
+            turn.flush.cancel()
+            turn.flush = None
+        if turn.pending:
+            text = "".join(turn.pending)
+            turn.pending.clear()
+            await self._speak(turn, text)
 
     async def _speak(self, turn: _AgentTurn, text: str, *, last: bool = False) -> None:
         await self._send({"type": "text", "token": text, "last": last})
@@ -529,6 +573,10 @@ class RelaySession:
     def _cancel_turn(self, turn: _AgentTurn) -> None:
         if turn.task is not None and turn.task is not asyncio.current_task():
             turn.task.cancel()
+        if turn.flush is not None:
+            turn.flush.cancel()
+            turn.flush = None
+        turn.pending.clear()  # never sent, so never heard
         turn.done = True
 
     def _cancel_timers(self) -> None:

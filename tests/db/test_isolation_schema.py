@@ -257,3 +257,27 @@ def test_composite_fk_rejects_cross_tenant_reference(app_engine: Engine) -> None
                 "p": profile_a,
             },
         )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Citus readiness (SPEC 14, docs/scaling.md): tenant tables' primary keys are still "
+    "(id). Moving them to (tenant_id, id) changes the ORM identity (every session.get by id), so "
+    "it is its own migration; strict, so this marker must go when that lands.",
+)
+def test_primary_keys_include_tenant_id(owner_engine: Engine) -> None:
+    """Citus distributes a table by tenant_id only if its primary key includes tenant_id."""
+    with owner_engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT c.relname AS tbl, array_agg(a.attname::text) AS cols"
+                " FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid"
+                " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(con.conkey)"
+                " WHERE con.contype = 'p' AND c.relnamespace = 'public'::regnamespace"
+                " GROUP BY c.relname"
+            )
+        ).all()
+    missing = sorted(
+        row.tbl for row in rows if row.tbl not in PLATFORM_TABLES and "tenant_id" not in row.cols
+    )
+    assert not missing, f"primary keys without tenant_id: {missing}"

@@ -1,0 +1,164 @@
+"""The per-process cap on live calls: a full or draining process refuses at the voice webhook.
+
+Load belongs in the bench (`make bench`, the live calls phase); here, the rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, text
+from starlette.testclient import TestClient
+
+from app.config.settings import settings
+from app.telephony import capacity
+from app.telephony.capacity import LiveCalls, install_drain, live_calls
+from tests.helpers import (
+    TenantFixture,
+    create_number_and_profile,
+    random_e164,
+    twilio_call_sid,
+    twilio_post,
+)
+
+VOICE = "/telephony/twilio/voice"
+
+
+def _inbound(to: str) -> dict[str, str]:
+    return {
+        "CallSid": twilio_call_sid(),
+        "AccountSid": os.environ["TWILIO_ACCOUNT_SID"],
+        "From": random_e164(),
+        "To": to,
+        "Direction": "inbound",
+        "CallStatus": "ringing",
+    }
+
+
+@pytest.fixture
+def cap_of_two(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(settings, "MAX_LIVE_CALLS_PER_PROCESS", 2)
+    monkeypatch.setattr(capacity, "live_calls", live_calls)
+    saved = (dict(live_calls._reserved), set(live_calls._sessions), live_calls.draining)
+    live_calls._reserved.clear()
+    live_calls._sessions.clear()
+    yield
+    live_calls._reserved.clear()
+    live_calls._reserved.update(saved[0])
+    live_calls._sessions.clear()
+    live_calls._sessions.update(saved[1])
+    live_calls.draining = saved[2]
+
+
+def _stored(engine: Engine, call_sid: str) -> int:
+    with engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        return int(
+            conn.scalar(
+                text("SELECT count(*) FROM calls WHERE provider_call_sid = :s"), {"s": call_sid}
+            )
+            or 0
+        )
+
+
+def test_a_full_process_refuses_with_503_and_stores_nothing(
+    client: TestClient, tenant: TenantFixture, owner_engine: Engine, cap_of_two: None
+) -> None:
+    setup = create_number_and_profile(tenant.id)
+    # Two admitted calls hold the two slots while Twilio connects them.
+    for _ in range(2):
+        assert twilio_post(client, VOICE, _inbound(setup.number)).status_code == 200
+    assert live_calls.reserved() == 2
+
+    refused = _inbound(setup.number)
+    response = twilio_post(client, VOICE, refused)
+    assert response.status_code == 503
+    assert response.json()["code"] == "capacity"
+    assert response.headers["Retry-After"]
+    # The CallSid stays free: Twilio's fallback URL may answer it on another server.
+    assert _stored(owner_engine, refused["CallSid"]) == 0
+
+    health = client.get("/healthz").json()["relay"]
+    assert health["max_live_calls"] == 2
+    assert health["reserved"] == 2
+    assert health["refused_capacity"] >= 1
+
+
+def test_a_bound_session_takes_its_reserved_slot_and_frees_it_on_close(cap_of_two: None) -> None:
+    calls = LiveCalls()
+    first, second = uuid.uuid4(), uuid.uuid4()
+    calls.reserve(first)
+    session = object()
+    calls.add(session, first)  # the socket bound on this process: one slot, not two
+    assert (calls.count(), calls.reserved()) == (1, 0)
+    calls.reserve(second)
+    assert not calls.has_room()
+    calls.discard(session)
+    assert calls.has_room()
+
+
+def test_reservations_of_calls_that_never_connect_expire(
+    cap_of_two: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = LiveCalls()
+    calls.reserve(uuid.uuid4())
+    calls.reserve(uuid.uuid4())
+    assert not calls.has_room()
+    monkeypatch.setattr(capacity, "RESERVATION_SECONDS", 0.0)
+    calls.reserve(uuid.uuid4())
+    calls._reserved = dict.fromkeys(calls._reserved, 0.0)  # all past their deadline
+    assert calls.has_room()
+
+
+def test_sigterm_drains_live_sessions_then_stops_the_server(
+    cap_of_two: None, client: TestClient, tenant: TenantFixture
+) -> None:
+    stopped: list[int] = []
+    previous = signal.getsignal(signal.SIGTERM)
+
+    async def scenario() -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+        install_drain(asyncio.get_running_loop(), timeout=5)
+        session = object()
+        live_calls.add(session, uuid.uuid4())
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.sleep(0.05)
+        # Draining: no new calls, the live one goes on, the server is not told to stop yet.
+        assert live_calls.draining and not live_calls.has_room()
+        assert stopped == []
+        setup = create_number_and_profile(tenant.id)
+        response = await asyncio.to_thread(twilio_post, client, VOICE, _inbound(setup.number))
+        assert response.status_code == 503
+        health = await asyncio.to_thread(client.get, "/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "draining"
+        live_calls.discard(session)  # the call ends
+        await asyncio.sleep(0.05)
+        assert stopped == [signal.SIGTERM]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_stops_after_the_drain_timeout(cap_of_two: None) -> None:
+    stopped: list[int] = []
+    previous = signal.getsignal(signal.SIGTERM)
+
+    async def scenario() -> None:
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+        install_drain(asyncio.get_running_loop(), timeout=0.1)
+        live_calls.add(object(), uuid.uuid4())  # a call that never ends
+        signal.raise_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert stopped == [signal.SIGTERM]
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
