@@ -16,7 +16,6 @@ since receivers check it against their own clock.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -235,11 +234,10 @@ class WebhookWorker:
                     release_delivery(session, claimed)
                 done.set_result(None)
                 return
-            body, headers = sign_delivery(claimed)
             result = self._send(
                 claimed.url,
-                body,
-                headers,
+                claimed.body.encode(),
+                signed_headers(claimed),
                 timeout_seconds=self.timeout_seconds,
                 allow_private=settings.WEBHOOK_ALLOW_PRIVATE_URLS,
                 require_https=settings.webhook_require_https,
@@ -403,29 +401,22 @@ class _Recorded:
     done: Future[str | None]
 
 
-def sign_delivery(claimed: ClaimedDelivery) -> tuple[bytes, dict[str, str]]:
-    """The body and Standard Webhooks headers of one attempt: `webhook-id` is the delivery id,
-    `webhook-timestamp` the real current time, `webhook-signature` one `v1,` signature per active
-    secret (two during a rotation's grace period)."""
-    payload = claimed.payload
-    body = json.dumps(
-        {"type": payload["type"], "timestamp": payload["timestamp"], "data": payload["data"]},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+def signed_headers(claimed: ClaimedDelivery) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt of the stored body: `webhook-id` is the delivery
+    id, `webhook-timestamp` the real current time, `webhook-signature` one `v1,` signature per
+    active secret (two during a rotation's grace period)."""
     msg_id = str(claimed.id)
     timestamp = datetime.fromtimestamp(int(time.time()), tz=UTC)
     signatures = " ".join(
-        Webhook(secret).sign(msg_id=msg_id, timestamp=timestamp, data=body)
+        Webhook(secret).sign(msg_id=msg_id, timestamp=timestamp, data=claimed.body)
         for secret in claimed.secrets
     )
-    headers = {
+    return {
         "Content-Type": "application/json",
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(timestamp.timestamp())),
         "webhook-signature": signatures,
     }
-    return body.encode("utf-8"), headers
 
 
 def main() -> int:

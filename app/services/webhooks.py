@@ -10,6 +10,7 @@ attempts for the same delivery, so receivers can de-duplicate on it).
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -201,12 +202,12 @@ class WebhookService:
     def get_delivery(
         self, endpoint_id: uuid.UUID, delivery_id: uuid.UUID
     ) -> tuple[WebhookDelivery, dict[str, Any], Sequence[WebhookDeliveryAttempt]]:
-        """One delivery with the body it sends and every attempt, oldest first."""
+        """One delivery with the body it sends (parsed) and every attempt, oldest first."""
         delivery = self._delivery(endpoint_id, delivery_id)
-        payload = self.session.scalars(
+        body = self.session.scalars(
             scoped(WebhookEvent, self.scope)
             .where(WebhookEvent.id == delivery.event_id)
-            .with_only_columns(WebhookEvent.payload)
+            .with_only_columns(WebhookEvent.body)
         ).one()
         attempts = list(
             self.session.scalars(
@@ -215,7 +216,7 @@ class WebhookService:
                 .order_by(WebhookDeliveryAttempt.created_at, WebhookDeliveryAttempt.id)
             )
         )
-        return delivery, payload, attempts
+        return delivery, json.loads(body), attempts
 
     def redeliver(self, endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> WebhookDelivery:
         """Send the delivery again as soon as a worker is free: a new cycle of up to 8 attempts for
@@ -289,7 +290,7 @@ class ClaimedDelivery:
     url: str
     endpoint_enabled: bool
     secrets: tuple[str, ...]
-    payload: dict[str, Any]
+    body: str
     attempt_number: int
     lease_expires_at: datetime
 
@@ -327,14 +328,14 @@ WITH claimed AS (
     RETURNING d.id, d.tenant_id, d.endpoint_id, d.event_id, d.attempt_count
 )
 SELECT c.id, c.tenant_id, c.endpoint_id, c.attempt_count, e.url, e.enabled, e.secret,
-       e.previous_secret, e.previous_secret_expires_at, ev.payload
+       e.previous_secret, e.previous_secret_expires_at, ev.body
 FROM claimed AS c
 CROSS JOIN LATERAL (
     SELECT url, enabled, secret, previous_secret, previous_secret_expires_at
     FROM webhook_endpoints WHERE tenant_id = c.tenant_id AND id = c.endpoint_id LIMIT 1
 ) AS e
 CROSS JOIN LATERAL (
-    SELECT payload FROM webhook_events WHERE tenant_id = c.tenant_id AND id = c.event_id LIMIT 1
+    SELECT body FROM webhook_events WHERE tenant_id = c.tenant_id AND id = c.event_id LIMIT 1
 ) AS ev
 """
 # Expired leases first (a crashed worker's deliveries), then due ones, oldest due first: each
@@ -399,7 +400,7 @@ def _claimed(row: Row[Any], *, now: datetime, lease_expires_at: datetime) -> Cla
         url=row.url,
         endpoint_enabled=row.enabled,
         secrets=tuple(signing),
-        payload=row.payload,
+        body=row.body,
         attempt_number=row.attempt_count + 1,
         lease_expires_at=lease_expires_at,
     )

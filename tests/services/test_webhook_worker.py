@@ -6,6 +6,7 @@ only their test's tenants (`tenant_ids`), since every test shares one database.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -168,6 +169,33 @@ def test_a_call_ended_event_is_delivered_signed_exactly_once(
     assert delivery.lease_expires_at is None
     (attempt,) = _attempts(owner_engine, delivery.id)
     assert attempt.status_code == 204 and attempt.error is None and attempt.duration_ms >= 0
+
+
+def test_the_bytes_sent_are_the_stored_body_and_verify_against_it(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+) -> None:
+    # Non-ASCII text, and a float and key order that a jsonb round trip would have respelt.
+    with transaction(tenant.id) as session:
+        emit_event(session, tenant.id, "call.ended", {"z": 1.0, "a": "Zoë", "big": 10**20})
+    receiver.respond(Reply(500))
+    worker = make_worker()
+    now = utcnow()
+    assert worker.run_once(now=now) == 1
+    assert worker.run_once(now=now + timedelta(seconds=5)) == 1  # the retry
+
+    with owner_engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        stored = conn.execute(
+            text("SELECT body FROM webhook_events WHERE tenant_id = :t"), {"t": tenant.id}
+        ).scalar_one()
+    assert '"data":{"z":1.0,"a":"Zoë","big":100000000000000000000}' in stored
+    assert [got.body for got in receiver.received] == [stored.encode("utf-8")] * 2
+    for got in receiver.received:
+        assert Webhook(endpoint["secret"]).verify(stored, got.headers) == json.loads(stored)
 
 
 def test_retry_schedule_then_dead_with_the_same_webhook_id(
@@ -484,8 +512,8 @@ def test_a_claim_probes_indexes_even_when_the_planner_would_rather_hash(
         conn.execute(
             text(
                 "WITH events AS ("
-                " INSERT INTO webhook_events (id, tenant_id, event_type, payload)"
-                " SELECT gen_random_uuid(), :t, 'webhook.test', '{}'::jsonb"
+                " INSERT INTO webhook_events (id, tenant_id, event_type, body)"
+                " SELECT gen_random_uuid(), :t, 'webhook.test', '{}'"
                 " FROM generate_series(1, 5000) RETURNING id)"
                 " INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, event_id, event_type,"
                 " status, attempt_count, next_attempt_at)"
@@ -517,7 +545,7 @@ def test_a_claim_probes_indexes_even_when_the_planner_would_rather_hash(
     claimed = make_worker().claim(limit=100)
     assert len(claimed) == 100
     assert {c.endpoint_id for c in claimed} == {uuid.UUID(endpoint["id"])}
-    assert all(c.payload == {} and c.url == endpoint["url"] for c in claimed)
+    assert all(c.body == "{}" and c.url == endpoint["url"] for c in claimed)
     # Nobody sends the rest: other tests run workers over the whole database.
     with owner_engine.begin() as conn:
         conn.execute(text("SELECT set_config('app.system', 'on', true)"))
