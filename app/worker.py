@@ -7,10 +7,6 @@ tenant transaction. A worker killed mid-delivery loses nothing: once the lease e
 worker takes the delivery, with the same `webhook-id`. New events wake the workers through
 LISTEN/NOTIFY (a poll every second is the fallback). SIGTERM/SIGINT stop the worker cleanly: it
 stops claiming, finishes the sends in progress and gives back the claims it has not started.
-
-Time for scheduling (what is due, leases, retry times) comes from an injectable clock, so tests
-drive days of retries without sleeping; the `webhook-timestamp` header is always the real time,
-since receivers check it against their own clock.
 """
 
 from __future__ import annotations
@@ -24,7 +20,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,17 +41,9 @@ from app.services.webhooks import (
     record_delivery_outcomes,
     release_delivery,
 )
-from app.webhooks.sender import (
-    DEFAULT_TIMEOUT_SECONDS,
-    DeliveryResult,
-    close_shared_transports,
-    post_webhook,
-)
+from app.webhooks.sender import DEFAULT_TIMEOUT_SECONDS, close_shared_transports, post_webhook
 
 logger = logging.getLogger("vca.worker")
-
-Clock = Callable[[], datetime]
-Sender = Callable[..., DeliveryResult]
 
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_CONCURRENCY = 16
@@ -75,7 +62,6 @@ class WebhookWorker:
 
     Sending happens on a pool of `concurrency` threads; one recorder thread stores the outcomes,
     several at a time per tenant transaction, so the database work per delivery stays small.
-    `tenant_ids` restricts the claims to those tenants (for tests sharing one database).
     """
 
     def __init__(
@@ -86,9 +72,6 @@ class WebhookWorker:
         lease: timedelta = DEFAULT_LEASE,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-        clock: Clock = utcnow,
-        tenant_ids: Sequence[uuid.UUID] | None = None,
-        sender: Sender = post_webhook,
     ) -> None:
         if lease <= timedelta(seconds=timeout_seconds) + _LEASE_MARGIN:
             raise ValueError("the lease must outlast one send (timeout + 5 s)")
@@ -100,9 +83,6 @@ class WebhookWorker:
         self.lease = lease
         self.poll_interval = poll_interval
         self.timeout_seconds = timeout_seconds
-        self.clock = clock
-        self.tenant_ids = list(tenant_ids) if tenant_ids is not None else None
-        self._send = sender
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="webhook-send"
         )
@@ -135,36 +115,30 @@ class WebhookWorker:
         # notify_all needs the lock; a signal handler must not wait for it, so a helper does it.
         threading.Thread(target=self._notify_in_flight, daemon=True).start()
 
-    def claim(self, now: datetime | None = None, limit: int | None = None) -> list[ClaimedDelivery]:
+    def claim(self, limit: int | None = None) -> list[ClaimedDelivery]:
         """Claim up to `limit` (default: the batch size) due deliveries and commit the claim.
 
         This is the worker's cross-tenant call site (SPEC §2: the worker's claim loop).
         """
-        at = now if now is not None else self.clock()
         with transaction() as session, system_scope(session):
             return claim_due_deliveries(
                 session,
-                now=at,
+                now=utcnow(),
                 limit=limit if limit is not None else self.batch_size,
                 lease=self.lease,
-                tenant_ids=self.tenant_ids,
             )
 
-    def run_once(self, now: datetime | None = None) -> int:
+    def run_once(self) -> int:
         """Claim one batch, deliver it concurrently, record every outcome, and return how many
-        deliveries were claimed.
-
-        With `now`, that instant is used for everything in the batch (due times, leases, retry
-        times, the attempt log), so tests can jump across days of retries.
-        """
-        claimed = self.claim(now)
-        wait([self._submit(item, now) for item in claimed])
+        deliveries were claimed."""
+        claimed = self.claim()
+        wait([self._submit(item) for item in claimed])
         return len(claimed)
 
-    def deliver(self, claimed: ClaimedDelivery, now: datetime | None = None) -> str | None:
+    def deliver(self, claimed: ClaimedDelivery) -> str | None:
         """Send one claimed delivery and record the outcome; returns the new status, or None when
         it was not sent (given back) or its outcome could not be stored (claim lost)."""
-        return self._submit(claimed, now).result()
+        return self._submit(claimed).result()
 
     def run_forever(self) -> None:
         """Deliver until stop(): claim while there is room, sleep until a NOTIFY, a stop or the
@@ -188,7 +162,7 @@ class WebhookWorker:
                     claimed = []
                     self._wait_for_work(None)
                 for item in claimed:
-                    self._submit(item, None)
+                    self._submit(item)
                 if claimed and len(claimed) == room:
                     continue  # a backlog: claim again as soon as there is room
                 listener = self._wait_for_work(listener)
@@ -211,30 +185,26 @@ class WebhookWorker:
 
     # --- sending (pool threads) ----------------------------------------------------------------
 
-    def _submit(self, claimed: ClaimedDelivery, now: datetime | None) -> Future[str | None]:
+    def _submit(self, claimed: ClaimedDelivery) -> Future[str | None]:
         done: Future[str | None] = Future()
         with self._in_flight_changed:
             self._in_flight += 1
         done.add_done_callback(self._done)
-        self._executor.submit(self._process, claimed, now, done)
+        self._executor.submit(self._process, claimed, done)
         return done
 
-    def _process(
-        self, claimed: ClaimedDelivery, now: datetime | None, done: Future[str | None]
-    ) -> None:
+    def _process(self, claimed: ClaimedDelivery, done: Future[str | None]) -> None:
         try:
             if not claimed.endpoint_enabled:
-                at = now if now is not None else self.clock()
-                self._outcomes.put(_Recorded(DeliveryOutcome(claimed, None, at), done))
+                self._outcomes.put(_Recorded(DeliveryOutcome(claimed, None, utcnow()), done))
                 return
-            check_at = now if now is not None else self.clock()
-            if self._stop.is_set() or check_at + self._send_budget() > claimed.lease_expires_at:
+            if self._stop.is_set() or utcnow() + self._send_budget() > claimed.lease_expires_at:
                 # Stopping, or the lease could run out mid-send and another worker send it too.
                 with transaction(claimed.tenant_id) as session:
                     release_delivery(session, claimed)
                 done.set_result(None)
                 return
-            result = self._send(
+            result = post_webhook(
                 claimed.url,
                 claimed.body.encode(),
                 signed_headers(claimed),
@@ -242,8 +212,7 @@ class WebhookWorker:
                 allow_private=settings.WEBHOOK_ALLOW_PRIVATE_URLS,
                 require_https=settings.webhook_require_https,
             )
-            at = now if now is not None else self.clock()
-            self._outcomes.put(_Recorded(DeliveryOutcome(claimed, result, at), done))
+            self._outcomes.put(_Recorded(DeliveryOutcome(claimed, result, utcnow()), done))
         except Exception:
             # The claim stays until its lease expires; then the delivery is tried again.
             logger.exception("webhook delivery failed", extra={"delivery_id": str(claimed.id)})

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, TextClause, func, text, update
+from sqlalchemy import Row, Table, func, text, update
 from sqlalchemy.orm import Session
 
 from app.config.settings import settings
@@ -320,7 +320,7 @@ WITH claimed AS (
     SET status = 'delivering', lease_expires_at = :lease_expires_at, updated_at = now()
     WHERE d.id = ANY (ARRAY(
         SELECT id FROM webhook_deliveries
-        WHERE {condition} {tenant_filter}
+        WHERE {condition}
         ORDER BY {order}
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
@@ -340,48 +340,41 @@ CROSS JOIN LATERAL (
 """
 # Expired leases first (a crashed worker's deliveries), then due ones, oldest due first: each
 # statement walks its own partial index in order, so a claim costs the same at any backlog.
-_EXPIRED = ("status = 'delivering' AND lease_expires_at <= :now", "lease_expires_at")
-_DUE = ("status IN ('pending', 'failed') AND next_attempt_at <= :now", "next_attempt_at")
-
-
-def _claim_statements(restricted: bool) -> tuple[TextClause, TextClause]:
-    tenant_filter = "AND tenant_id = ANY(:tenant_ids)" if restricted else ""
-
-    def claim(condition: str, order: str) -> TextClause:
-        sql = _CLAIM_SQL.format(condition=condition, tenant_filter=tenant_filter, order=order)
-        return text(sql)
-
-    return claim(*_EXPIRED), claim(*_DUE)
-
-
-# (expired, due), for all tenants and for a list of them (tests share one database).
-CLAIM_STATEMENTS = {False: _claim_statements(False), True: _claim_statements(True)}
+CLAIM_STATEMENTS = (
+    text(
+        _CLAIM_SQL.format(
+            condition="status = 'delivering' AND lease_expires_at <= :now",
+            order="lease_expires_at",
+        )
+    ),
+    text(
+        _CLAIM_SQL.format(
+            condition="status IN ('pending', 'failed') AND next_attempt_at <= :now",
+            order="next_attempt_at",
+        )
+    ),
+)
 
 
 def claim_due_deliveries(
-    session: Session,
-    *,
-    now: datetime,
-    limit: int,
-    lease: timedelta,
-    tenant_ids: Sequence[uuid.UUID] | None = None,
+    session: Session, *, now: datetime, limit: int, lease: timedelta
 ) -> list[ClaimedDelivery]:
-    """Take up to `limit` deliveries that are due (or whose lease expired) at `now`.
+    """Take up to `limit` deliveries of any tenant that are due (or whose lease expired) at `now`.
 
     Must run in system scope (it crosses tenants) and its transaction must commit before sending:
     the commit is what makes the claim visible. Concurrent callers never get the same delivery
-    while its lease runs. `tenant_ids` restricts the claim (tests share one database).
+    while its lease runs.
     """
+    lease_expires_at = now + lease
     claimed: list[ClaimedDelivery] = []
-    params: dict[str, Any] = {"now": now, "lease_expires_at": now + lease}
-    if tenant_ids is not None:
-        params["tenant_ids"] = list(tenant_ids)
-    for statement in CLAIM_STATEMENTS[tenant_ids is not None]:
+    for statement in CLAIM_STATEMENTS:
         remaining = limit - len(claimed)
         if remaining <= 0:
             break
-        rows = session.execute(statement, {**params, "limit": remaining}).all()
-        claimed.extend(_claimed(row, now=now, lease_expires_at=now + lease) for row in rows)
+        rows = session.execute(
+            statement, {"now": now, "lease_expires_at": lease_expires_at, "limit": remaining}
+        )
+        claimed.extend(_claimed(row, now=now, lease_expires_at=lease_expires_at) for row in rows)
     return claimed
 
 
