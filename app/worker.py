@@ -1,12 +1,11 @@
-"""The background worker: delivers webhooks from the outbox (`python -m app.worker`).
+"""The background worker process: delivers webhooks from the outbox (`python -m app.worker`).
 
-Several workers may run at once. Each claims due deliveries across all tenants with
-`SELECT … FOR UPDATE SKIP LOCKED`, marks them `delivering` with a lease and commits, then sends them
-outside any transaction from a small thread pool, and records each outcome in that delivery's
-tenant transaction. A worker killed mid-delivery loses nothing: once the lease expires another
-worker takes the delivery, with the same `webhook-id`. New events wake the workers through
-LISTEN/NOTIFY (a poll every second is the fallback). SIGTERM/SIGINT stop the worker cleanly: it
-stops claiming, finishes the sends in progress and gives back the claims it has not started.
+The process around app/webhooks/delivery.py, which holds the rules: claim a batch (committed before
+anything is sent), send each claim from a pool of threads, and store the outcomes from one recorder
+thread, several per tenant transaction. New events wake the workers through LISTEN/NOTIFY (a poll
+every second is the fallback). SIGTERM/SIGINT stop the worker cleanly: it stops claiming, finishes
+the sends in progress and gives back the claims it has not started. Several workers may run at
+once, on one host or many.
 """
 
 from __future__ import annotations
@@ -22,36 +21,37 @@ import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
 import psycopg
-from standardwebhooks import Webhook
 
-from app.config.database import get_engine, system_scope, transaction
+from app.config.database import get_engine, transaction
 from app.config.settings import settings
 from app.logging import configure_logging
 from app.models.base import utcnow
 from app.services.events import NOTIFY_CHANNEL
-from app.services.webhooks import (
+from app.webhooks.delivery import (
     ClaimedDelivery,
     DeliveryOutcome,
+    can_send,
     claim_due_deliveries,
     record_delivery_outcomes,
     release_delivery,
+    send,
+    send_budget,
 )
-from app.webhooks.sender import DEFAULT_TIMEOUT_SECONDS, close_shared_transports, post_webhook
+from app.webhooks.sender import DEFAULT_TIMEOUT_SECONDS, close_shared_transports
 
 logger = logging.getLogger("vca.worker")
 
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_CONCURRENCY = 16
 # Long enough for a full batch queued behind slow endpoints; a claim whose lease would run out
-# before its send could finish is given back instead of sent (see _deliver).
+# before its send could finish is given back instead of sent (delivery.can_send).
 DEFAULT_LEASE = timedelta(minutes=2)
 DEFAULT_POLL_INTERVAL = 1.0
-_LEASE_MARGIN = timedelta(seconds=5)
 # Outcomes stored per transaction at most (a tenant's share of them, in one statement).
 _MAX_RECORD_BATCH = 500
 _RECORD_LINGER_SECONDS = 0.01
@@ -73,7 +73,7 @@ class WebhookWorker:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
-        if lease <= timedelta(seconds=timeout_seconds) + _LEASE_MARGIN:
+        if lease <= send_budget(timeout_seconds):
             raise ValueError("the lease must outlast one send (timeout + 5 s)")
         self.batch_size = batch_size
         self._room_threshold = max(1, batch_size // 2)
@@ -116,11 +116,8 @@ class WebhookWorker:
         threading.Thread(target=self._notify_in_flight, daemon=True).start()
 
     def claim(self, limit: int | None = None) -> list[ClaimedDelivery]:
-        """Claim up to `limit` (default: the batch size) due deliveries and commit the claim.
-
-        This is the worker's cross-tenant call site (SPEC §2: the worker's claim loop).
-        """
-        with transaction() as session, system_scope(session):
+        """Claim up to `limit` (default: the batch size) due deliveries and commit the claim."""
+        with transaction() as session:
             return claim_due_deliveries(
                 session,
                 now=utcnow(),
@@ -196,30 +193,23 @@ class WebhookWorker:
     def _process(self, claimed: ClaimedDelivery, done: Future[str | None]) -> None:
         try:
             if not claimed.endpoint_enabled:
-                self._outcomes.put(_Recorded(DeliveryOutcome(claimed, None, utcnow()), done))
-                return
-            if self._stop.is_set() or utcnow() + self._send_budget() > claimed.lease_expires_at:
-                # Stopping, or the lease could run out mid-send and another worker send it too.
+                outcome = DeliveryOutcome(claimed, None, utcnow())
+            elif self._stop.is_set() or not can_send(
+                claimed, now=utcnow(), timeout_seconds=self.timeout_seconds
+            ):
+                # Stopping, or too little lease left: another worker could send it meanwhile.
                 with transaction(claimed.tenant_id) as session:
                     release_delivery(session, claimed)
                 done.set_result(None)
                 return
-            result = post_webhook(
-                claimed.url,
-                claimed.body.encode(),
-                signed_headers(claimed),
-                timeout_seconds=self.timeout_seconds,
-                allow_private=settings.WEBHOOK_ALLOW_PRIVATE_URLS,
-                require_https=settings.webhook_require_https,
-            )
-            self._outcomes.put(_Recorded(DeliveryOutcome(claimed, result, utcnow()), done))
+            else:
+                result = send(claimed, timeout_seconds=self.timeout_seconds)
+                outcome = DeliveryOutcome(claimed, result, utcnow())
+            self._outcomes.put(_Recorded(outcome, done))
         except Exception:
             # The claim stays until its lease expires; then the delivery is tried again.
             logger.exception("webhook delivery failed", extra={"delivery_id": str(claimed.id)})
             done.set_result(None)
-
-    def _send_budget(self) -> timedelta:
-        return timedelta(seconds=self.timeout_seconds) + _LEASE_MARGIN
 
     # --- recording (one thread) ----------------------------------------------------------------
 
@@ -368,24 +358,6 @@ class WebhookWorker:
 class _Recorded:
     outcome: DeliveryOutcome
     done: Future[str | None]
-
-
-def signed_headers(claimed: ClaimedDelivery) -> dict[str, str]:
-    """The Standard Webhooks headers of one attempt of the stored body: `webhook-id` is the delivery
-    id, `webhook-timestamp` the real current time, `webhook-signature` one `v1,` signature per
-    active secret (two during a rotation's grace period)."""
-    msg_id = str(claimed.id)
-    timestamp = datetime.fromtimestamp(int(time.time()), tz=UTC)
-    signatures = " ".join(
-        Webhook(secret).sign(msg_id=msg_id, timestamp=timestamp, data=claimed.body)
-        for secret in claimed.secrets
-    )
-    return {
-        "Content-Type": "application/json",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(timestamp.timestamp())),
-        "webhook-signature": signatures,
-    }
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ ALLOWED = {
     ("app/services/tenants.py", "create"),  # platform admin: create a tenant
     ("app/services/tenants.py", "list"),  # platform admin: list tenants
     ("app/services/tenants.py", "find_by_slug"),  # operator CLI: find a tenant by slug
-    ("app/worker.py", "claim"),  # the worker's claim loop (webhook deliveries)
+    ("app/webhooks/delivery.py", "claim_due_deliveries"),  # the worker's claim loop
 }
 
 

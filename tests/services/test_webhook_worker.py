@@ -31,7 +31,7 @@ from app.config.database import transaction
 from app.config.settings import settings
 from app.models.base import utcnow
 from app.services.events import emit_event
-from app.services.webhooks import (
+from app.webhooks.delivery import (
     CLAIM_STATEMENTS,
     DISABLED_FAILING,
     DISABLED_GONE,
