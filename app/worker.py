@@ -52,7 +52,7 @@ DEFAULT_CONCURRENCY = 16
 # before its send could finish is given back instead of sent (delivery.can_send).
 DEFAULT_LEASE = timedelta(minutes=2)
 DEFAULT_POLL_INTERVAL = 1.0
-# Outcomes stored per transaction at most (a tenant's share of them, in one statement).
+# Outcomes stored per transaction at most (a tenant's share of them, in a few round trips).
 _MAX_RECORD_BATCH = 500
 _RECORD_LINGER_SECONDS = 0.01
 

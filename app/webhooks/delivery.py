@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, func, text, update
+from sqlalchemy import Row, Table, func, insert, text, update
 from sqlalchemy.orm import Session
 
 from app.config.database import system_scope
 from app.config.settings import settings
-from app.models import WebhookDelivery, WebhookEndpoint
-from app.models.base import new_id
+from app.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from app.services.scope import tenant_filter
 from app.webhooks.sender import DeliveryResult, post_webhook
 from app.webhooks.signing import signed_headers
@@ -210,46 +209,32 @@ def retry_delay(attempt_number: int, retry_after_seconds: int | None) -> timedel
 # Core tables: the worker writes in bulk and has no use for the ORM's unit of work.
 _ENDPOINTS = cast(Table, WebhookEndpoint.__table__)
 _DELIVERIES = cast(Table, WebhookDelivery.__table__)
+_ATTEMPTS = cast(Table, WebhookDeliveryAttempt.__table__)
 
-# One statement per tenant batch: the outcomes arrive as parallel arrays (unnest), the delivery
-# rows still held by their claim (the fence: status and the exact lease) are updated, and an
-# attempt row is logged for each of those that was actually sent.
-_RECORD_SQL = text("""
-WITH v AS (
-    SELECT * FROM unnest(
-        CAST(:ids AS uuid[]), CAST(:leases AS timestamptz[]), CAST(:statuses AS text[]),
-        CAST(:attempt_counts AS int[]), CAST(:next_attempts AS timestamptz[]),
-        CAST(:status_codes AS int[]), CAST(:errors AS text[]), CAST(:ats AS timestamptz[]),
-        CAST(:sent AS boolean[]), CAST(:attempt_ids AS uuid[]), CAST(:attempt_errors AS text[]),
-        CAST(:durations AS int[]), CAST(:excerpts AS text[])
-    ) AS v(id, lease, status, attempt_count, next_attempt_at, status_code, error, at, sent,
-           attempt_id, attempt_error, duration_ms, excerpt)
-), updated AS (
-    UPDATE webhook_deliveries AS d SET
-        status = v.status,
-        attempt_count = v.attempt_count,
-        next_attempt_at = v.next_attempt_at,
-        lease_expires_at = NULL,
-        last_status_code = CASE WHEN v.sent THEN v.status_code ELSE d.last_status_code END,
-        last_error = v.error,
-        last_attempt_at = CASE WHEN v.sent THEN v.at ELSE d.last_attempt_at END,
-        delivered_at = CASE WHEN v.status = 'succeeded' THEN v.at ELSE d.delivered_at END,
-        updated_at = now()
-    FROM v
-    WHERE d.tenant_id = :tenant_id AND d.id = v.id
-      AND d.status = 'delivering' AND d.lease_expires_at = v.lease
-    RETURNING d.id
-), logged AS (
-    INSERT INTO webhook_delivery_attempts (
-        id, tenant_id, delivery_id, attempt_number, status_code, error, duration_ms,
-        response_excerpt, attempted_at, created_at, updated_at
-    )
-    SELECT v.attempt_id, :tenant_id, v.id, v.attempt_count, v.status_code, v.attempt_error,
-           v.duration_ms, v.excerpt, v.at, now(), now()
-    FROM v JOIN updated ON updated.id = v.id
-    WHERE v.sent
-)
-SELECT id FROM updated
+# The deliveries still held by these claims (status and the exact lease: a claim that expired and
+# was taken over, or a deleted delivery, is not), locked until the outcomes are written.
+_LOCK_HELD = text("""
+SELECT id, lease_expires_at FROM webhook_deliveries
+WHERE tenant_id = :tenant_id AND id = ANY(:ids) AND status = 'delivering'
+ORDER BY id
+FOR UPDATE
+""")
+# Each outcome, one row at a time (executemany). A sent one:
+_RECORD_SENT = text("""
+UPDATE webhook_deliveries SET
+    status = :status, attempt_count = :attempt_count, next_attempt_at = :next_attempt_at,
+    lease_expires_at = NULL, last_status_code = :status_code, last_error = :error,
+    last_attempt_at = :at,
+    delivered_at = coalesce(:delivered_at, delivered_at),
+    updated_at = now()
+WHERE tenant_id = :tenant_id AND id = :id
+""")
+# One not sent because its endpoint was disabled: dead, and nothing about the last attempt changes.
+_RECORD_UNSENT = text("""
+UPDATE webhook_deliveries SET
+    status = 'dead', next_attempt_at = NULL, lease_expires_at = NULL, last_error = :error,
+    updated_at = now()
+WHERE tenant_id = :tenant_id AND id = :id
 """)
 
 
@@ -258,24 +243,83 @@ def record_delivery_outcomes(
 ) -> dict[uuid.UUID, str]:
     """Store the outcomes of one tenant's deliveries (in completion order) and schedule what follows.
 
-    Runs in `tenant_id`'s transaction, in a few statements whatever the number of outcomes. Returns
-    the new status of each delivery whose claim still held; a delivery missing from the result had
-    lost its claim (lease expired and taken over, or deleted) and nothing of it was written, so a
-    late result never overwrites another worker's.
+    Runs in `tenant_id`'s transaction, in a few round trips whatever the number of outcomes
+    (psycopg pipelines an executemany). Returns the new status of each delivery whose claim still
+    held; a delivery missing from the result had lost its claim (lease expired and taken over, or
+    deleted) and nothing of it was written, so a late result never overwrites another worker's.
     """
     if not outcomes:
         return {}
     disabled = _apply_endpoint_effects(session, tenant_id, outcomes)
-    columns: dict[str, list[Any]] = {name: [] for name in _RECORD_COLUMNS}
+    leases = {o.claimed.id: o.claimed.lease_expires_at for o in outcomes}
+    locked = session.execute(_LOCK_HELD, {"tenant_id": tenant_id, "ids": list(leases)})
+    held = {row.id for row in locked if row.lease_expires_at == leases[row.id]}
+    sent: list[dict[str, Any]] = []
+    unsent: list[dict[str, Any]] = []
+    attempts: list[dict[str, Any]] = []
+    statuses: dict[uuid.UUID, str] = {}
     for outcome in outcomes:
-        for name, value in _delivery_update(outcome, disabled).items():
-            columns[name].append(value)
-    held = set(session.scalars(_RECORD_SQL, {**columns, "tenant_id": tenant_id}))
-    return {
-        outcome.claimed.id: status
-        for outcome, status in zip(outcomes, columns["statuses"], strict=True)
-        if outcome.claimed.id in held
-    }
+        claimed, result, at = outcome.claimed, outcome.result, outcome.at
+        if claimed.id not in held:
+            continue
+        if result is None:
+            statuses[claimed.id] = "dead"
+            unsent.append(
+                {"tenant_id": tenant_id, "id": claimed.id, "error": ENDPOINT_DISABLED_ERROR}
+            )
+            continue
+        status, next_attempt_at = next_state(
+            claimed, result, at, endpoint_disabled=claimed.endpoint_id in disabled
+        )
+        statuses[claimed.id] = status
+        sent.append(
+            {
+                "tenant_id": tenant_id,
+                "id": claimed.id,
+                "status": status,
+                "attempt_count": claimed.attempt_number,
+                "next_attempt_at": next_attempt_at,
+                "status_code": result.status_code,
+                "error": _error_text(result),
+                "at": at,
+                "delivered_at": at if status == "succeeded" else None,
+            }
+        )
+        attempts.append(
+            {
+                "tenant_id": tenant_id,
+                "delivery_id": claimed.id,
+                "attempt_number": claimed.attempt_number,
+                "status_code": result.status_code,
+                "error": result.error,
+                "duration_ms": result.duration_ms,
+                "response_excerpt": result.response_body_excerpt or None,
+                "attempted_at": at,
+            }
+        )
+    if unsent:
+        session.execute(_RECORD_UNSENT, unsent)
+    if sent:
+        session.execute(_RECORD_SENT, sent)
+        session.execute(insert(_ATTEMPTS), attempts)
+    return statuses
+
+
+def next_state(
+    claimed: ClaimedDelivery, result: DeliveryResult, at: datetime, *, endpoint_disabled: bool
+) -> tuple[str, datetime | None]:
+    """A sent delivery's new status and next attempt time: succeeded; failed, retried after its
+    delay; or dead, out of attempts or with its endpoint disabled."""
+    if result.ok:
+        return "succeeded", None
+    delay = (
+        None
+        if endpoint_disabled
+        else retry_delay(claimed.attempt_number, result.retry_after_seconds)
+    )
+    if delay is None:
+        return "dead", None
+    return "failed", at + delay
 
 
 def _apply_endpoint_effects(
@@ -334,68 +378,6 @@ def _apply_endpoint_effects(
         if stopped is not None:
             disabled.add(endpoint_id)
     return disabled
-
-
-_RECORD_COLUMNS = (
-    "ids",
-    "leases",
-    "statuses",
-    "attempt_counts",
-    "next_attempts",
-    "status_codes",
-    "errors",
-    "ats",
-    "sent",
-    "attempt_ids",
-    "attempt_errors",
-    "durations",
-    "excerpts",
-)
-
-
-def _delivery_update(outcome: DeliveryOutcome, disabled: set[uuid.UUID]) -> dict[str, Any]:
-    """One element of each of _RECORD_SQL's arrays."""
-    claimed, result, at = outcome.claimed, outcome.result, outcome.at
-    row: dict[str, Any] = {
-        "ids": str(claimed.id),
-        "leases": claimed.lease_expires_at,
-        "ats": at,
-        "attempt_ids": str(new_id()),
-    }
-    if result is None:
-        return row | {
-            "statuses": "dead",
-            "attempt_counts": claimed.attempt_number - 1,
-            "next_attempts": None,
-            "status_codes": None,
-            "errors": ENDPOINT_DISABLED_ERROR,
-            "sent": False,
-            "attempt_errors": None,
-            "durations": 0,
-            "excerpts": None,
-        }
-    next_attempt_at = None
-    if result.ok:
-        status = "succeeded"
-    else:
-        delay = (
-            None
-            if claimed.endpoint_id in disabled
-            else retry_delay(claimed.attempt_number, result.retry_after_seconds)
-        )
-        status = "dead" if delay is None else "failed"
-        next_attempt_at = None if delay is None else at + delay
-    return row | {
-        "statuses": status,
-        "attempt_counts": claimed.attempt_number,
-        "next_attempts": next_attempt_at,
-        "status_codes": result.status_code,
-        "errors": _error_text(result),
-        "sent": True,
-        "attempt_errors": result.error,
-        "durations": result.duration_ms,
-        "excerpts": result.response_body_excerpt or None,
-    }
 
 
 def release_delivery(session: Session, claimed: ClaimedDelivery) -> bool:
