@@ -1,22 +1,16 @@
-"""The background worker: delivers webhooks from the outbox (`python -m app.worker`).
+"""The background worker process: delivers webhooks from the outbox (`python -m app.worker`).
 
-Several workers may run at once. Each claims due deliveries across all tenants with
-`SELECT … FOR UPDATE SKIP LOCKED`, marks them `delivering` with a lease and commits, then sends them
-outside any transaction from a small thread pool, and records each outcome in that delivery's
-tenant transaction. A worker killed mid-delivery loses nothing: once the lease expires another
-worker takes the delivery, with the same `webhook-id`. New events wake the workers through
-LISTEN/NOTIFY (a poll every second is the fallback). SIGTERM/SIGINT stop the worker cleanly: it
-stops claiming, finishes the sends in progress and gives back the claims it has not started.
-
-Time for scheduling (what is due, leases, retry times) comes from an injectable clock, so tests
-drive days of retries without sleeping; the `webhook-timestamp` header is always the real time,
-since receivers check it against their own clock.
+The process around app/webhooks/delivery.py, which holds the rules: claim a batch (committed before
+anything is sent), send each claim from a pool of threads, and store the outcomes from one recorder
+thread, several per tenant transaction. New events wake the workers through LISTEN/NOTIFY (a poll
+every second is the fallback). SIGTERM/SIGINT stop the worker cleanly: it stops claiming, finishes
+the sends in progress and gives back the claims it has not started. Several workers may run at
+once, on one host or many.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -25,50 +19,42 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from types import FrameType
 from typing import Any
 
 import psycopg
-from standardwebhooks import Webhook
 
-from app.config.database import get_engine, system_scope, transaction
+from app.config.database import get_engine, transaction
 from app.config.settings import settings
 from app.logging import configure_logging
 from app.models.base import utcnow
 from app.services.billing import PeriodCloser
 from app.services.events import NOTIFY_CHANNEL
 from app.services.idempotency import prune_expired
-from app.services.webhooks import (
+from app.webhooks.delivery import (
     ClaimedDelivery,
     DeliveryOutcome,
+    can_send,
     claim_due_deliveries,
     record_delivery_outcomes,
     release_delivery,
+    send,
+    send_budget,
 )
-from app.webhooks.sender import (
-    DEFAULT_TIMEOUT_SECONDS,
-    DeliveryResult,
-    close_shared_transports,
-    post_webhook,
-)
+from app.webhooks.sender import DEFAULT_TIMEOUT_SECONDS, close_shared_transports
 
 logger = logging.getLogger("vca.worker")
-
-Clock = Callable[[], datetime]
-Sender = Callable[..., DeliveryResult]
 
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_CONCURRENCY = 16
 # Long enough for a full batch queued behind slow endpoints; a claim whose lease would run out
-# before its send could finish is given back instead of sent (see _deliver).
+# before its send could finish is given back instead of sent (delivery.can_send).
 DEFAULT_LEASE = timedelta(minutes=2)
 DEFAULT_POLL_INTERVAL = 1.0
-_LEASE_MARGIN = timedelta(seconds=5)
-# Outcomes stored per transaction at most (a tenant's share of them, in one statement).
+# Outcomes stored per transaction at most (a tenant's share of them, in a few round trips).
 _MAX_RECORD_BATCH = 500
 _RECORD_LINGER_SECONDS = 0.01
 # Idempotency-Keys live 24 hours; the worker deletes the expired ones this often.
@@ -80,7 +66,6 @@ class WebhookWorker:
 
     Sending happens on a pool of `concurrency` threads; one recorder thread stores the outcomes,
     several at a time per tenant transaction, so the database work per delivery stays small.
-    `tenant_ids` restricts the claims to those tenants (for tests sharing one database).
     """
 
     def __init__(
@@ -91,11 +76,8 @@ class WebhookWorker:
         lease: timedelta = DEFAULT_LEASE,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-        clock: Clock = utcnow,
-        tenant_ids: Sequence[uuid.UUID] | None = None,
-        sender: Sender = post_webhook,
     ) -> None:
-        if lease <= timedelta(seconds=timeout_seconds) + _LEASE_MARGIN:
+        if lease <= send_budget(timeout_seconds):
             raise ValueError("the lease must outlast one send (timeout + 5 s)")
         self.batch_size = batch_size
         self._room_threshold = max(1, batch_size // 2)
@@ -105,9 +87,6 @@ class WebhookWorker:
         self.lease = lease
         self.poll_interval = poll_interval
         self.timeout_seconds = timeout_seconds
-        self.clock = clock
-        self.tenant_ids = list(tenant_ids) if tenant_ids is not None else None
-        self._send = sender
         self._executor = ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="webhook-send"
         )
@@ -140,36 +119,27 @@ class WebhookWorker:
         # notify_all needs the lock; a signal handler must not wait for it, so a helper does it.
         threading.Thread(target=self._notify_in_flight, daemon=True).start()
 
-    def claim(self, now: datetime | None = None, limit: int | None = None) -> list[ClaimedDelivery]:
-        """Claim up to `limit` (default: the batch size) due deliveries and commit the claim.
-
-        This is the worker's cross-tenant call site (SPEC §2: the worker's claim loop).
-        """
-        at = now if now is not None else self.clock()
-        with transaction() as session, system_scope(session):
+    def claim(self, limit: int | None = None) -> list[ClaimedDelivery]:
+        """Claim up to `limit` (default: the batch size) due deliveries and commit the claim."""
+        with transaction() as session:
             return claim_due_deliveries(
                 session,
-                now=at,
+                now=utcnow(),
                 limit=limit if limit is not None else self.batch_size,
                 lease=self.lease,
-                tenant_ids=self.tenant_ids,
             )
 
-    def run_once(self, now: datetime | None = None) -> int:
+    def run_once(self) -> int:
         """Claim one batch, deliver it concurrently, record every outcome, and return how many
-        deliveries were claimed.
-
-        With `now`, that instant is used for everything in the batch (due times, leases, retry
-        times, the attempt log), so tests can jump across days of retries.
-        """
-        claimed = self.claim(now)
-        wait([self._submit(item, now) for item in claimed])
+        deliveries were claimed."""
+        claimed = self.claim()
+        wait([self._submit(item) for item in claimed])
         return len(claimed)
 
-    def deliver(self, claimed: ClaimedDelivery, now: datetime | None = None) -> str | None:
+    def deliver(self, claimed: ClaimedDelivery) -> str | None:
         """Send one claimed delivery and record the outcome; returns the new status, or None when
         it was not sent (given back) or its outcome could not be stored (claim lost)."""
-        return self._submit(claimed, now).result()
+        return self._submit(claimed).result()
 
     def run_forever(self) -> None:
         """Deliver until stop(): claim while there is room, sleep until a NOTIFY, a stop or the
@@ -197,7 +167,7 @@ class WebhookWorker:
                     claimed = []
                     self._wait_for_work(None)
                 for item in claimed:
-                    self._submit(item, None)
+                    self._submit(item)
                 if claimed and len(claimed) == room:
                     continue  # a backlog: claim again as soon as there is room
                 listener = self._wait_for_work(listener)
@@ -220,47 +190,34 @@ class WebhookWorker:
 
     # --- sending (pool threads) ----------------------------------------------------------------
 
-    def _submit(self, claimed: ClaimedDelivery, now: datetime | None) -> Future[str | None]:
+    def _submit(self, claimed: ClaimedDelivery) -> Future[str | None]:
         done: Future[str | None] = Future()
         with self._in_flight_changed:
             self._in_flight += 1
         done.add_done_callback(self._done)
-        self._executor.submit(self._process, claimed, now, done)
+        self._executor.submit(self._process, claimed, done)
         return done
 
-    def _process(
-        self, claimed: ClaimedDelivery, now: datetime | None, done: Future[str | None]
-    ) -> None:
+    def _process(self, claimed: ClaimedDelivery, done: Future[str | None]) -> None:
         try:
             if not claimed.endpoint_enabled:
-                at = now if now is not None else self.clock()
-                self._outcomes.put(_Recorded(DeliveryOutcome(claimed, None, at), done))
-                return
-            check_at = now if now is not None else self.clock()
-            if self._stop.is_set() or check_at + self._send_budget() > claimed.lease_expires_at:
-                # Stopping, or the lease could run out mid-send and another worker send it too.
+                outcome = DeliveryOutcome(claimed, None, utcnow())
+            elif self._stop.is_set() or not can_send(
+                claimed, now=utcnow(), timeout_seconds=self.timeout_seconds
+            ):
+                # Stopping, or too little lease left: another worker could send it meanwhile.
                 with transaction(claimed.tenant_id) as session:
                     release_delivery(session, claimed)
                 done.set_result(None)
                 return
-            body, headers = sign_delivery(claimed)
-            result = self._send(
-                claimed.url,
-                body,
-                headers,
-                timeout_seconds=self.timeout_seconds,
-                allow_private=settings.WEBHOOK_ALLOW_PRIVATE_URLS,
-                require_https=settings.webhook_require_https,
-            )
-            at = now if now is not None else self.clock()
-            self._outcomes.put(_Recorded(DeliveryOutcome(claimed, result, at), done))
+            else:
+                result = send(claimed, timeout_seconds=self.timeout_seconds)
+                outcome = DeliveryOutcome(claimed, result, utcnow())
+            self._outcomes.put(_Recorded(outcome, done))
         except Exception:
             # The claim stays until its lease expires; then the delivery is tried again.
             logger.exception("webhook delivery failed", extra={"delivery_id": str(claimed.id)})
             done.set_result(None)
-
-    def _send_budget(self) -> timedelta:
-        return timedelta(seconds=self.timeout_seconds) + _LEASE_MARGIN
 
     # --- recording (one thread) ----------------------------------------------------------------
 
@@ -416,31 +373,6 @@ def _prune_idempotency_keys() -> None:
         prune_expired()
     except Exception:
         logger.exception("pruning expired idempotency keys failed")
-
-
-def sign_delivery(claimed: ClaimedDelivery) -> tuple[bytes, dict[str, str]]:
-    """The body and Standard Webhooks headers of one attempt: `webhook-id` is the delivery id,
-    `webhook-timestamp` the real current time, `webhook-signature` one `v1,` signature per active
-    secret (two during a rotation's grace period)."""
-    payload = claimed.payload
-    body = json.dumps(
-        {"type": payload["type"], "timestamp": payload["timestamp"], "data": payload["data"]},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    msg_id = str(claimed.id)
-    timestamp = datetime.fromtimestamp(int(time.time()), tz=UTC)
-    signatures = " ".join(
-        Webhook(secret).sign(msg_id=msg_id, timestamp=timestamp, data=body)
-        for secret in claimed.secrets
-    )
-    headers = {
-        "Content-Type": "application/json",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(timestamp.timestamp())),
-        "webhook-signature": signatures,
-    }
-    return body.encode("utf-8"), headers
 
 
 def main() -> int:

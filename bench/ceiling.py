@@ -20,8 +20,8 @@ TENANT_ID = uuid.UUID(os.environ["BENCH_CEILING_TENANT_ID"])
 _SELECT = text("SELECT id, name FROM tenants WHERE id = :id")
 # A test event (no deliveries): the bench's reset removes them with the rest of webhook_events.
 _INSERT = text(
-    "INSERT INTO webhook_events (id, tenant_id, event_type, payload)"
-    " VALUES (:id, :tenant_id, 'webhook.test', CAST('{}' AS jsonb))"
+    "INSERT INTO webhook_events (id, tenant_id, event_type, body)"
+    " VALUES (:id, :tenant_id, 'webhook.test', '{}')"
 )
 
 router = APIRouter(route_class=TransactionalRoute)

@@ -1,9 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import Index, String, UniqueConstraint
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TenantOwned
@@ -19,5 +16,5 @@ class WebhookEvent(TenantOwned, Base):
     )
 
     event_type: Mapped[str] = mapped_column(String(64))
-    # The body sent to every endpoint: {"type", "timestamp", "data"}.
-    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # The JSON {"type", "timestamp", "data"} as the exact text signed and sent to every endpoint.
+    body: Mapped[str] = mapped_column(Text)

@@ -4,7 +4,7 @@
 rolled-back change sends nothing. It writes the event row and one delivery row per enabled endpoint
 of the tenant subscribed to the type, then NOTIFYs the workers; PostgreSQL delivers a NOTIFY only
 when the transaction commits, so a waiting worker wakes up exactly when there is something to send.
-Delivery is the worker's job (app/worker.py).
+Delivery is the worker's job (app/webhooks/delivery.py).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ _NOTIFY = text("SELECT pg_notify(:channel, '')")
 # to the type, an empty list meaning all types; or just the one named).
 _INSERT_EVENT = text("""
 WITH event AS (
-    INSERT INTO webhook_events (id, tenant_id, event_type, payload, created_at, updated_at)
-    VALUES (:event_id, :tenant_id, :event_type, CAST(:payload AS jsonb), :now, :now)
+    INSERT INTO webhook_events (id, tenant_id, event_type, body, created_at, updated_at)
+    VALUES (:event_id, :tenant_id, :event_type, :body, :now, :now)
 )
 SELECT id FROM webhook_endpoints
 WHERE tenant_id = :tenant_id AND enabled
@@ -96,13 +96,16 @@ def record_event(
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}")
     now = utcnow()
-    payload = json.dumps(
+    # Serialised once: this text is stored, signed and sent byte for byte on every attempt.
+    body = json.dumps(
         {
             "type": event_type,
             "timestamp": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "data": data,
         },
         default=_json_default,
+        separators=(",", ":"),
+        ensure_ascii=False,
     )
     event_id = new_id()
     endpoint_ids = list(
@@ -112,7 +115,7 @@ def record_event(
                 "event_id": event_id,
                 "tenant_id": tenant_id,
                 "event_type": event_type,
-                "payload": payload,
+                "body": body,
                 "now": now,
                 "endpoint_id": endpoint_id,
             },

@@ -124,8 +124,9 @@ def close_shared_transports() -> None:
             transport.close()
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> int | None:
-    """Parse a ``Retry-After`` value (delay-seconds or HTTP-date) into whole seconds.
+def parse_retry_after(value: str | None, *, now: datetime) -> int | None:
+    """Parse a ``Retry-After`` value (delay-seconds or HTTP-date, read at ``now``) into whole
+    seconds.
 
     Returns None for a missing or unparseable value; otherwise an int in
     ``[0, MAX_RETRY_AFTER_SECONDS]`` (dates in the past give 0).
@@ -146,8 +147,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> int 
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    reference = now if now is not None else datetime.now(UTC)
-    delay = math.ceil((when - reference).total_seconds())
+    delay = math.ceil((when - now).total_seconds())
     return max(0, min(delay, MAX_RETRY_AFTER_SECONDS))
 
 
@@ -159,7 +159,6 @@ def post_webhook(
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     allow_private: bool,
     require_https: bool,
-    transport: httpx.BaseTransport | None = None,
 ) -> DeliveryResult:
     """POST ``body`` with ``headers`` to ``url`` once, and never raise.
 
@@ -178,8 +177,7 @@ def post_webhook(
     * No cookie is kept: a ``Set-Cookie`` in one response is never sent with another request.
 
     ``headers`` are sent as given (apart from ``Host``, which is always derived from the
-    URL); the caller provides ``Content-Type`` and the signature headers. ``transport``
-    replaces the pooled per-host one (tests pass one that trusts their certificate).
+    URL); the caller provides ``Content-Type`` and the signature headers.
     """
     started = time.monotonic()
     try:
@@ -191,7 +189,6 @@ def post_webhook(
             timeout_seconds=timeout_seconds,
             allow_private=allow_private,
             require_https=require_https,
-            transport=transport,
         )
     except Exception as exc:
         # The contract is "never raises": callers record the outcome and schedule retries.
@@ -207,7 +204,6 @@ def _deliver(
     timeout_seconds: float,
     allow_private: bool,
     require_https: bool,
-    transport: httpx.BaseTransport | None,
 ) -> DeliveryResult:
     try:
         scheme, host, port = validate_url_syntax(url, require_https=require_https)
@@ -232,7 +228,7 @@ def _deliver(
     if scheme == "https" and not host_is_literal:
         extensions["sni_hostname"] = host
 
-    http = transport if transport is not None else _transport_for(scheme, host, port)
+    http = _transport_for(scheme, host, port)
     deadline = started + timeout_seconds
     last_error = "connection failed"
     for ip in addresses[:_MAX_ADDRESSES_TRIED]:
@@ -264,7 +260,7 @@ def _deliver(
 def _read_response(response: httpx.Response, *, started: float, deadline: float) -> DeliveryResult:
     try:
         status = response.status_code
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        retry_after = parse_retry_after(response.headers.get("retry-after"), now=datetime.now(UTC))
         received = _read_capped(response, deadline)
     finally:
         response.close()

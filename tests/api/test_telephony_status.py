@@ -74,12 +74,12 @@ def _ended_events(engine: Engine, tenant_id: uuid.UUID) -> list[dict[str, Any]]:
         conn.execute(text("SELECT set_config('app.system', 'on', true)"))
         rows = conn.execute(
             text(
-                "SELECT payload FROM webhook_events"
+                "SELECT body FROM webhook_events"
                 " WHERE tenant_id = :tid AND event_type = 'call.ended'"
             ),
             {"tid": str(tenant_id)},
         )
-        return [r.payload if isinstance(r.payload, dict) else json.loads(r.payload) for r in rows]
+        return [json.loads(r.body) for r in rows]
 
 
 def test_a_call_moves_forward_and_ends_once_with_its_minutes(

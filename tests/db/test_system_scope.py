@@ -18,10 +18,10 @@ ALLOWED = {
     ("app/services/tenants.py", "create"),  # platform admin: create a tenant
     ("app/services/tenants.py", "list"),  # platform admin: list tenants
     ("app/services/tenants.py", "find_by_slug"),  # operator CLI: find a tenant by slug
-    ("app/worker.py", "claim"),  # the worker's claim loop (webhook deliveries)
     # The worker's billing close: the (tenant, month) pairs due; each close is tenant-scoped.
     ("app/services/billing.py", "due_periods"),
     ("app/services/idempotency.py", "prune_expired"),  # the worker: keys past 24 hours
+    ("app/webhooks/delivery.py", "claim_due_deliveries"),  # the worker's claim loop
 }
 
 

@@ -3,6 +3,7 @@ thresholds, plan changes, the close (races, failures, numbering), late usage and
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -53,10 +54,10 @@ def _usage(engine: Engine, tenant_id: uuid.UUID) -> list[tuple[str, str, int]]:
 
 def _events(engine: Engine, tenant_id: uuid.UUID, event_type: str) -> list[dict[str, Any]]:
     return [
-        r.payload["data"]
+        json.loads(r.body)["data"]
         for r in _rows(
             engine,
-            "SELECT payload FROM webhook_events WHERE tenant_id = :t AND event_type = :type"
+            "SELECT body FROM webhook_events WHERE tenant_id = :t AND event_type = :type"
             " ORDER BY created_at",
             t=tenant_id,
             type=event_type,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, get_args
@@ -37,7 +38,7 @@ def _rows(owner_engine: Engine, sql: str, **params: Any) -> list[Any]:
 def _deliveries(owner_engine: Engine, tenant_id: uuid.UUID) -> list[Any]:
     return _rows(
         owner_engine,
-        "SELECT d.endpoint_id, d.event_id, d.event_type, d.status, d.next_attempt_at, e.payload"
+        "SELECT d.endpoint_id, d.event_id, d.event_type, d.status, d.next_attempt_at, e.body"
         " FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id"
         " WHERE d.tenant_id = :t",
         t=tenant_id,
@@ -74,12 +75,31 @@ def test_one_delivery_per_enabled_subscribed_endpoint(
     )
     assert len({r.event_id for r in rows}) == 1
     assert all(r.status == "pending" and r.event_type == "call.ended" for r in rows)
-    payload = rows[0].payload
+    payload = json.loads(rows[0].body)
     assert payload["type"] == "call.ended"
     assert payload["data"] == {"call_id": str(call_id), "ended_at": ended_at.isoformat(), "n": 3}
     assert datetime.fromisoformat(payload["timestamp"]).tzinfo is not None
     assert _deliveries(owner_engine, other_tenant.id) == []
     assert foreign["tenant_id"] == str(other_tenant.id)
+
+
+def test_the_body_is_serialised_once_compact_and_as_utf8(
+    tenant: TenantFixture, owner_engine: Engine
+) -> None:
+    # The stored text is what is signed and sent: no spaces, UTF-8 as is, keys in this order, and
+    # a NUL (which jsonb refused) escaped as JSON allows.
+    data = {"z": 1.0, "a": "Zoë \N{WAVING HAND SIGN}", "nul": "a\x00b"}
+    with transaction(tenant.id) as session:
+        emit_event(session, tenant.id, "call.ended", data)
+    (row,) = _rows(
+        owner_engine, "SELECT body FROM webhook_events WHERE tenant_id = :t", t=tenant.id
+    )
+    timestamp = json.loads(row.body)["timestamp"]
+    expected = (
+        f'{{"type":"call.ended","timestamp":"{timestamp}",'
+        '"data":{"z":1.0,"a":"Zoë \N{WAVING HAND SIGN}","nul":"a\\u0000b"}}'
+    )
+    assert row.body == expected
 
 
 def test_a_rolled_back_change_sends_nothing(

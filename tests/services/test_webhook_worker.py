@@ -1,11 +1,13 @@
 """The webhook worker against a real receiver that verifies signatures with `standardwebhooks`.
 
-Time is injected (`run_once(now=...)`) so days of retries run in milliseconds. Workers here claim
-only their test's tenants (`tenant_ids`), since every test shares one database.
+The worker's clock is set by hand (the `clock` fixture), so days of retries run in milliseconds.
+Workers claim across all tenants, as in production: each test starts with an empty outbox
+(`empty_outbox`), so a test's workers find only its own deliveries in the shared database.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +26,12 @@ from sqlalchemy import Engine, text
 from standardwebhooks import Webhook
 from starlette.testclient import TestClient
 
+from app import worker as worker_process
 from app.config.database import transaction
 from app.config.settings import settings
 from app.models.base import utcnow
 from app.services.events import emit_event
-from app.services.webhooks import (
+from app.webhooks.delivery import (
     CLAIM_STATEMENTS,
     DISABLED_FAILING,
     DISABLED_GONE,
@@ -51,6 +54,37 @@ from tests.helpers import (
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def empty_outbox(owner_engine: Engine) -> None:
+    """No deliveries of earlier tests are left for this test's workers to claim."""
+    with owner_engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        conn.execute(text("DELETE FROM webhook_events"))  # deliveries and attempts cascade
+
+
+class Clock:
+    """The worker's clock, set by hand."""
+
+    def __init__(self) -> None:
+        self.now = utcnow()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(worker_process, "utcnow", fake)
+    return fake
+
+
+def _run_at(worker: WebhookWorker, clock: Clock, when: datetime) -> int:
+    """One batch (`run_once`) with the worker's clock at `when`."""
+    clock.now = when
+    return worker.run_once()
+
+
 @pytest.fixture
 def receiver() -> Iterator[WebhookReceiver]:
     with WebhookReceiver() as server:
@@ -71,11 +105,10 @@ def endpoint(
 
 
 @pytest.fixture
-def make_worker(tenant: TenantFixture) -> Iterator[Callable[..., WebhookWorker]]:
+def make_worker() -> Iterator[Callable[..., WebhookWorker]]:
     workers: list[WebhookWorker] = []
 
     def make(**kwargs: Any) -> WebhookWorker:
-        kwargs.setdefault("tenant_ids", [tenant.id])
         worker = WebhookWorker(**kwargs)
         workers.append(worker)
         return worker
@@ -170,29 +203,58 @@ def test_a_call_ended_event_is_delivered_signed_exactly_once(
     assert attempt.status_code == 204 and attempt.error is None and attempt.duration_ms >= 0
 
 
+def test_the_bytes_sent_are_the_stored_body_and_verify_against_it(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+    clock: Clock,
+) -> None:
+    # Non-ASCII text, and a float and key order that a jsonb round trip would have respelt.
+    with transaction(tenant.id) as session:
+        emit_event(session, tenant.id, "call.ended", {"z": 1.0, "a": "Zoë", "big": 10**20})
+    receiver.respond(Reply(500))
+    worker = make_worker()
+    now = utcnow()
+    assert _run_at(worker, clock, now) == 1
+    assert _run_at(worker, clock, now + timedelta(seconds=5)) == 1  # the retry
+
+    with owner_engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        stored = conn.execute(
+            text("SELECT body FROM webhook_events WHERE tenant_id = :t"), {"t": tenant.id}
+        ).scalar_one()
+    assert '"data":{"z":1.0,"a":"Zoë","big":100000000000000000000}' in stored
+    assert [got.body for got in receiver.received] == [stored.encode("utf-8")] * 2
+    for got in receiver.received:
+        assert Webhook(endpoint["secret"]).verify(stored, got.headers) == json.loads(stored)
+
+
 def test_retry_schedule_then_dead_with_the_same_webhook_id(
     endpoint: dict[str, Any],
     tenant: TenantFixture,
     receiver: WebhookReceiver,
     make_worker: Callable[..., WebhookWorker],
     owner_engine: Engine,
+    clock: Clock,
 ) -> None:
     receiver.default = Reply(500, body=b"database down")
     _emit(tenant)
     worker = make_worker()
     now = utcnow()
     schedule: list[timedelta] = []
-    assert worker.run_once(now=now) == 1
+    assert _run_at(worker, clock, now) == 1
     for attempt in range(2, MAX_ATTEMPTS + 1):
         delivery = _delivery(owner_engine, tenant)
         assert delivery.status == "failed"
         assert delivery.attempt_count == attempt - 1
         schedule.append(delivery.next_attempt_at - now)
         # Not due a microsecond early...
-        assert worker.run_once(now=delivery.next_attempt_at - timedelta(microseconds=1)) == 0
+        assert _run_at(worker, clock, delivery.next_attempt_at - timedelta(microseconds=1)) == 0
         # ...and due on time.
         now = delivery.next_attempt_at
-        assert worker.run_once(now=now) == 1
+        assert _run_at(worker, clock, now) == 1
 
     assert schedule == [
         timedelta(seconds=5),
@@ -208,7 +270,7 @@ def test_retry_schedule_then_dead_with_the_same_webhook_id(
     assert delivery.status == "dead" and delivery.next_attempt_at is None
     assert delivery.attempt_count == MAX_ATTEMPTS == 8
     assert delivery.last_status_code == 500 and delivery.last_error == "HTTP 500"
-    assert worker.run_once(now=now + timedelta(days=30)) == 0
+    assert _run_at(worker, clock, now + timedelta(days=30)) == 0
     assert receiver.counts_by_id() == {str(delivery.id): 8}
     attempts = _attempts(owner_engine, delivery.id)
     assert [a.attempt_number for a in attempts] == list(range(1, 9))
@@ -221,23 +283,24 @@ def test_retry_after_wins_only_when_longer(
     receiver: WebhookReceiver,
     make_worker: Callable[..., WebhookWorker],
     owner_engine: Engine,
+    clock: Clock,
 ) -> None:
     receiver.respond(Reply(503, retry_after="3600"), Reply(429, retry_after="1"), Reply(200))
     _emit(tenant)
     worker = make_worker()
     now = utcnow()
-    assert worker.run_once(now=now) == 1
+    assert _run_at(worker, clock, now) == 1
     first = _delivery(owner_engine, tenant)
     assert first.next_attempt_at - now == timedelta(hours=1)  # Retry-After 3600 > 5 s
-    assert worker.run_once(now=now + timedelta(seconds=5)) == 0
+    assert _run_at(worker, clock, now + timedelta(seconds=5)) == 0
 
     now = first.next_attempt_at
-    assert worker.run_once(now=now) == 1
+    assert _run_at(worker, clock, now) == 1
     second = _delivery(owner_engine, tenant)
     assert second.last_status_code == 429
     assert second.next_attempt_at - now == timedelta(minutes=5)  # Retry-After 1 < 5 min
 
-    assert worker.run_once(now=second.next_attempt_at) == 1
+    assert _run_at(worker, clock, second.next_attempt_at) == 1
     third = _delivery(owner_engine, tenant)
     assert third.status == "succeeded" and third.attempt_count == 3
     assert len(receiver.counts_by_id()) == 1
@@ -249,17 +312,18 @@ def test_redirects_and_timeouts_are_failures(
     receiver: WebhookReceiver,
     make_worker: Callable[..., WebhookWorker],
     owner_engine: Engine,
+    clock: Clock,
 ) -> None:
     receiver.respond(Reply(302), Reply(200, delay=1.5))
     _emit(tenant)
     worker = make_worker(timeout_seconds=0.5)
     now = utcnow()
-    worker.run_once(now=now)
+    _run_at(worker, clock, now)
     delivery = _delivery(owner_engine, tenant)
     assert delivery.status == "failed" and delivery.last_status_code == 302
     assert "redirect" in delivery.last_error
 
-    worker.run_once(now=delivery.next_attempt_at)
+    _run_at(worker, clock, delivery.next_attempt_at)
     delivery = _delivery(owner_engine, tenant)
     assert delivery.status == "failed" and delivery.last_status_code is None
     assert "timed out" in delivery.last_error
@@ -304,27 +368,28 @@ def test_an_endpoint_failing_for_five_days_is_disabled_and_success_resets_the_st
     receiver: WebhookReceiver,
     make_worker: Callable[..., WebhookWorker],
     owner_engine: Engine,
+    clock: Clock,
 ) -> None:
     worker = make_worker()
     receiver.respond(Reply(500), Reply(204))
     _emit(tenant)
     start = utcnow()
-    worker.run_once(now=start)
+    _run_at(worker, clock, start)
     assert _endpoint_row(owner_engine, endpoint["id"]).failing_since == start
-    worker.run_once(now=start + timedelta(seconds=5))
+    _run_at(worker, clock, start + timedelta(seconds=5))
     assert _endpoint_row(owner_engine, endpoint["id"]).failing_since is None
 
     # A new streak: failing for just under 5 days keeps it enabled, 5 days disables it.
     receiver.default = Reply(503)
     _emit(tenant)
     t0 = utcnow()
-    worker.run_once(now=t0)
+    _run_at(worker, clock, t0)
     assert _endpoint_row(owner_engine, endpoint["id"]).failing_since == t0
     _emit(tenant)
-    worker.run_once(now=t0 + timedelta(days=5) - timedelta(seconds=1))
+    _run_at(worker, clock, t0 + timedelta(days=5) - timedelta(seconds=1))
     assert _endpoint_row(owner_engine, endpoint["id"]).enabled is True
     _emit(tenant)
-    worker.run_once(now=t0 + timedelta(days=5))
+    _run_at(worker, clock, t0 + timedelta(days=5))
     row = _endpoint_row(owner_engine, endpoint["id"])
     assert row.enabled is False and row.disabled_reason == DISABLED_FAILING
     assert _deliveries(owner_engine, tenant)[-1].status == "dead"
@@ -380,13 +445,14 @@ def test_dead_delivery_redelivered_by_hand_keeps_its_webhook_id(
     receiver: WebhookReceiver,
     make_worker: Callable[..., WebhookWorker],
     owner_engine: Engine,
+    clock: Clock,
 ) -> None:
     receiver.default = Reply(500)
     _emit(tenant)
     worker = make_worker()
     now = utcnow()
     for _ in range(MAX_ATTEMPTS):
-        assert worker.run_once(now=now) == 1
+        assert _run_at(worker, clock, now) == 1
         now += timedelta(hours=10)
     delivery = _delivery(owner_engine, tenant)
     assert delivery.status == "dead"
@@ -484,8 +550,8 @@ def test_a_claim_probes_indexes_even_when_the_planner_would_rather_hash(
         conn.execute(
             text(
                 "WITH events AS ("
-                " INSERT INTO webhook_events (id, tenant_id, event_type, payload)"
-                " SELECT gen_random_uuid(), :t, 'webhook.test', '{}'::jsonb"
+                " INSERT INTO webhook_events (id, tenant_id, event_type, body)"
+                " SELECT gen_random_uuid(), :t, 'webhook.test', '{}'"
                 " FROM generate_series(1, 5000) RETURNING id)"
                 " INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, event_id, event_type,"
                 " status, attempt_count, next_attempt_at)"
@@ -499,13 +565,12 @@ def test_a_claim_probes_indexes_even_when_the_planner_would_rather_hash(
         "now": now,
         "lease_expires_at": now + timedelta(minutes=2),
         "limit": 100,
-        "tenant_ids": [tenant.id],
     }
     with app_engine.connect() as conn:
         conn.execute(text("SET LOCAL enable_nestloop = off"))
         conn.execute(text("SET LOCAL enable_mergejoin = off"))
         conn.execute(text("SELECT set_config('app.system', 'on', true)"))
-        for statement in CLAIM_STATEMENTS[True]:
+        for statement in CLAIM_STATEMENTS:
             explained = conn.execute(text("EXPLAIN (FORMAT JSON) " + statement.text), params)
             nodes = list(_plan_nodes(explained.scalar_one()[0]["Plan"]))
             joins = {n["Node Type"] for n in nodes if "Join" in n["Node Type"]}
@@ -517,11 +582,7 @@ def test_a_claim_probes_indexes_even_when_the_planner_would_rather_hash(
     claimed = make_worker().claim(limit=100)
     assert len(claimed) == 100
     assert {c.endpoint_id for c in claimed} == {uuid.UUID(endpoint["id"])}
-    assert all(c.payload == {} and c.url == endpoint["url"] for c in claimed)
-    # Nobody sends the rest: other tests run workers over the whole database.
-    with owner_engine.begin() as conn:
-        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
-        conn.execute(text("DELETE FROM webhook_events WHERE tenant_id = :t"), {"t": tenant.id})
+    assert all(c.body == "{}" and c.url == endpoint["url"] for c in claimed)
 
 
 def test_a_killed_workers_claim_is_taken_over_after_its_lease_with_the_same_id(
@@ -530,15 +591,17 @@ def test_a_killed_workers_claim_is_taken_over_after_its_lease_with_the_same_id(
     receiver: WebhookReceiver,
     make_worker: Callable[..., WebhookWorker],
     owner_engine: Engine,
+    clock: Clock,
 ) -> None:
     _emit(tenant)
     killed, survivor = make_worker(), make_worker()
     now = utcnow()
-    (claim,) = killed.claim(now=now)  # ... and it dies before sending
+    clock.now = now
+    (claim,) = killed.claim()  # ... and it dies before sending
     assert _delivery(owner_engine, tenant).status == "delivering"
 
-    assert survivor.run_once(now=now + killed.lease - timedelta(seconds=1)) == 0
-    assert survivor.run_once(now=now + killed.lease) == 1
+    assert _run_at(survivor, clock, now + killed.lease - timedelta(seconds=1)) == 0
+    assert _run_at(survivor, clock, now + killed.lease) == 1
     (got,) = receiver.received
     assert got.verified and got.webhook_id == str(claim.id)
     assert _delivery(owner_engine, tenant).status == "succeeded"
@@ -580,16 +643,19 @@ def test_a_claim_near_the_end_of_its_lease_is_given_back_not_sent(
     receiver: WebhookReceiver,
     make_worker: Callable[..., WebhookWorker],
     owner_engine: Engine,
+    clock: Clock,
 ) -> None:
     _emit(tenant)
     worker = make_worker()
     now = utcnow()
-    (claim,) = worker.claim(now=now)
-    assert worker.deliver(claim, now=now + worker.lease - timedelta(seconds=10)) is None
+    clock.now = now
+    (claim,) = worker.claim()
+    clock.now = now + worker.lease - timedelta(seconds=10)
+    assert worker.deliver(claim) is None
     assert receiver.received == []
     delivery = _delivery(owner_engine, tenant)
     assert delivery.status == "pending" and delivery.lease_expires_at is None
-    assert worker.run_once(now=now) == 1
+    assert _run_at(worker, clock, now) == 1
     assert receiver.counts_by_id() == {str(delivery.id): 1}
 
 
@@ -704,6 +770,7 @@ def test_a_receiver_that_is_down_for_a_while_still_gets_the_event_later(
     tenant: TenantFixture,
     make_worker: Callable[..., WebhookWorker],
     owner_engine: Engine,
+    clock: Clock,
 ) -> None:
     with socket.socket() as probe:  # a port nobody listens on (yet)
         probe.bind(("127.0.0.1", 0))
@@ -716,14 +783,14 @@ def test_a_receiver_that_is_down_for_a_while_still_gets_the_event_later(
     (call_id,) = _emit(tenant)
     worker = make_worker()
     now = utcnow()
-    worker.run_once(now=now)
-    worker.run_once(now=now + timedelta(seconds=5))
+    _run_at(worker, clock, now)
+    _run_at(worker, clock, now + timedelta(seconds=5))
     down = _delivery(owner_engine, tenant)
     assert down.status == "failed" and down.attempt_count == 2
     assert down.last_status_code is None and "connect" in down.last_error.lower()
 
     with WebhookReceiver(created["secret"], port=port) as receiver:
-        assert worker.run_once(now=down.next_attempt_at) == 1
+        assert _run_at(worker, clock, down.next_attempt_at) == 1
         (got,) = receiver.received
     assert got.verified and got.webhook_id == str(down.id)
     assert got.payload["data"] == {"call_id": call_id}

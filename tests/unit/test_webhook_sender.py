@@ -404,27 +404,36 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSServer]:
     _stop(server, thread)
 
 
-def test_https_uses_original_host_for_sni_and_certificate(tls_server: TLSServer) -> None:
-    port = _port(tls_server.server)
+@pytest.fixture
+def trusted_tls_server(
+    tls_server: TLSServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TLSServer]:
+    """The TLS server, with the sender's pooled transports trusting its certificate the way they
+    trust a public CA's."""
     verify = ssl.create_default_context(cafile=str(tls_server.ca_file))
-    with httpx.HTTPTransport(verify=verify) as transport:
-        result = _post(
-            f"https://hooks.tenant.invalid:{port}/ok", require_https=True, transport=transport
-        )
+    monkeypatch.setattr(
+        sender, "_new_transport", lambda: httpx.HTTPTransport(verify=verify, trust_env=False)
+    )
+    sender.close_shared_transports()
+    yield tls_server
+    sender.close_shared_transports()
+
+
+def test_https_uses_original_host_for_sni_and_certificate(trusted_tls_server: TLSServer) -> None:
+    tls_server = trusted_tls_server
+    port = _port(tls_server.server)
+    result = _post(f"https://hooks.tenant.invalid:{port}/ok", require_https=True)
 
     assert result.status_code == 200, result.error
     assert tls_server.server.state.sni_names[-1] == "hooks.tenant.invalid"
     assert tls_server.server.state.requests[-1].host == f"hooks.tenant.invalid:{port}"
 
 
-def test_https_certificate_for_another_name_is_rejected(tls_server: TLSServer) -> None:
+def test_https_certificate_for_another_name_is_rejected(trusted_tls_server: TLSServer) -> None:
+    tls_server = trusted_tls_server
     port = _port(tls_server.server)
     before = len(tls_server.server.state.requests)
-    verify = ssl.create_default_context(cafile=str(tls_server.ca_file))
-    with httpx.HTTPTransport(verify=verify) as transport:
-        result = _post(
-            f"https://other.tenant.invalid:{port}/ok", require_https=True, transport=transport
-        )
+    result = _post(f"https://other.tenant.invalid:{port}/ok", require_https=True)
 
     assert result.status_code is None
     assert result.error is not None
