@@ -81,5 +81,11 @@ async def conversation_relay(websocket: WebSocket) -> None:
     summary="Twilio's <Connect action> after a ConversationRelay session: transfer or hang up",
 )
 def relay_action(form: TwilioForm) -> Response:
-    twiml = relay_action_twiml(form.get("CallSid", ""), form.get("HandoffData"))
+    # Twilio's SessionStatus is `failed` (with an ErrorCode) when the session broke.
+    failed = form.get("SessionStatus", "").strip() == "failed" or bool(
+        form.get("ErrorCode", "").strip()
+    )
+    twiml = relay_action_twiml(
+        form.get("CallSid", ""), form.get("HandoffData"), session_failed=failed
+    )
     return Response(content=twiml, media_type="application/xml")

@@ -23,7 +23,7 @@ from app.config.database import transaction
 from app.llm.agent import ConversationEntry
 from app.models import AIProfile, Call, CallTurn, Tenant
 from app.models.base import new_id, utcnow
-from app.models.call import CallStatus
+from app.models.call import CallStatus, EndReason
 from app.services.events import emit_event
 from app.services.scope import TenantScope, get_scoped, scoped
 from app.services.telephony import bind_call_sid, call_payload, telephony_scope, turns_of_call
@@ -234,6 +234,16 @@ class RelayService:
             call.summary = summary
             self.session.flush()
 
+    def note_end_reason(self, call_id: uuid.UUID, reason: EndReason) -> None:
+        """Record what is ending the live call `call_id` (the first cause noted wins); Twilio's
+        final status turns it into the call's end_reason (`TelephonyService.transition`)."""
+        call = self.session.scalars(
+            scoped(Call, self.scope).where(Call.id == call_id).with_for_update()
+        ).one_or_none()
+        if call is not None and not CallStatus(call.status).is_terminal:
+            call.pending_end_reason = call.pending_end_reason or reason
+            self.session.flush()
+
     def after_session_twiml(self, call_id: uuid.UUID, handoff_data: str | None) -> str:
         """TwiML for Twilio's `<Connect action>` request once the relay session is over.
 
@@ -312,8 +322,29 @@ def store_summary(scope: TenantScope, call_id: uuid.UUID, summary: str) -> None:
         RelayService(session, scope).store_summary(call_id, summary)
 
 
-def relay_action_twiml(call_sid: str, handoff_data: str | None) -> str:
-    """Answer to `POST /telephony/twilio/relay-action`; an unknown CallSid hangs up."""
+def store_end_reason(scope: TenantScope, call_id: uuid.UUID, reason: EndReason) -> None:
+    """Note what is ending the call (see `RelayService.note_end_reason`), in its own transaction."""
+    with transaction(scope.tenant_id) as session:
+        RelayService(session, scope).note_end_reason(call_id, reason)
+
+
+# How an `end` message's handoffData `reason` (written by app/telephony/relay.py) ends the call.
+END_REASON_OF_HANDOFF = {
+    "transfer": EndReason.transferred,
+    "end_call": EndReason.agent_hangup,
+    "max_duration": EndReason.max_duration,
+}
+
+
+def relay_action_twiml(
+    call_sid: str, handoff_data: str | None, *, session_failed: bool = False
+) -> str:
+    """Answer to `POST /telephony/twilio/relay-action`; an unknown CallSid hangs up.
+
+    `session_failed`: Twilio reports that the relay session ended in an error (the socket
+    dropped, our side failed): unless the agent had already ended the call, its end_reason
+    will be `relay_error`.
+    """
     with _call_sid_transaction(call_sid) as found:
         if found is None:
             logger.warning("relay action for an unknown CallSid", extra={"sid": call_sid[:64]})
@@ -324,4 +355,7 @@ def relay_action_twiml(call_sid: str, handoff_data: str | None) -> str:
         )
         if call_id is None:
             return twiml.hangup()
-        return RelayService(session, scope).after_session_twiml(call_id, handoff_data)
+        service = RelayService(session, scope)
+        if session_failed:
+            service.note_end_reason(call_id, EndReason.relay_error)
+        return service.after_session_twiml(call_id, handoff_data)

@@ -25,7 +25,7 @@ from app import metrics
 from app.config.database import bind_tenant
 from app.models import Call, CallTurn, Tenant
 from app.models.base import new_id, utcnow
-from app.models.call import CallStatus
+from app.models.call import CallStatus, EndReason
 from app.services import billing, events
 from app.services.scope import Principal, Role, TenantScope, scoped
 from app.telephony import twiml
@@ -51,6 +51,21 @@ TWILIO_CALL_STATUSES = {
     "failed": CallStatus.failed,
     "canceled": CallStatus.canceled,
 }
+
+# end_reason of a call Twilio ended with this status, when nothing on our side ended it first:
+# a `completed` call that neither the agent, a transfer, the duration limit nor a relay error
+# ended was hung up by the caller.
+END_REASON_OF_STATUS = {
+    CallStatus.completed: EndReason.caller_hangup,
+    CallStatus.busy: EndReason.busy,
+    CallStatus.no_answer: EndReason.no_answer,
+    CallStatus.failed: EndReason.failed,
+    CallStatus.canceled: EndReason.canceled,
+}
+
+# A reported CallDuration may exceed the wall time since the answer by this much (clock skew,
+# Twilio rounding up); beyond it, it is capped.
+DURATION_SLACK = timedelta(minutes=1)
 
 # end_reason of a call refused before it was answered: what `call_limit_violation` returns.
 REJECT_TENANT_SUSPENDED = "tenant_suspended"
@@ -363,6 +378,17 @@ class TelephonyService:
             # No CallDuration: measure from the answer, if there was one.
             answered = call.answered_at
             duration_seconds = max(0, int((ended_at - answered).total_seconds())) if answered else 0
+        # A forged or broken CallDuration never bills more than the call can have lasted: the
+        # wall time since it was answered (or, never seen answered, since it was created).
+        since = call.answered_at or call.created_at or started
+        if since is not None:
+            longest = max(0, int((now - since + DURATION_SLACK).total_seconds()))
+            duration_seconds = min(duration_seconds, longest)
+        call.end_reason = (
+            call.end_reason
+            or call.pending_end_reason
+            or END_REASON_OF_STATUS.get(status, EndReason.failed)
+        )
         connected = duration_seconds > 0 and (
             call.answered_at is not None or status is CallStatus.completed
         )

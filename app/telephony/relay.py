@@ -41,8 +41,10 @@ from app.llm.agent import (
 )
 from app.llm.client import LLMClient, LLMError, LLMEvent, TextDelta, ToolCall
 from app.models.base import utcnow
+from app.models.call import EndReason
 from app.services import relay as relay_store
 from app.services.relay import (
+    END_REASON_OF_HANDOFF,
     AgentProfile,
     BoundCall,
     HeardTurn,
@@ -131,6 +133,10 @@ class RelayStore(Protocol):
     ) -> None: ...
 
     def store_summary(self, scope: TenantScope, call_id: uuid.UUID, summary: str) -> None: ...
+
+    def store_end_reason(
+        self, scope: TenantScope, call_id: uuid.UUID, reason: EndReason
+    ) -> None: ...
 
 
 async def _run_in_thread(function: Callable[[], T]) -> T:
@@ -514,9 +520,22 @@ class RelaySession:
             logger.warning("could not end the call at its time limit", exc_info=True)
 
     async def _end(self, handoff: dict[str, str]) -> None:
-        """Tell Twilio to end the session; Twilio then calls the `<Connect action>` URL."""
+        """Tell Twilio to end the session; Twilio then calls the `<Connect action>` URL.
+
+        Why the call ends is stored first, so Twilio's final status (which follows the `end`)
+        finds it and the call gets that end_reason rather than `caller_hangup`.
+        """
         self.ended = True
         self._cancel_timers()
+        reason = END_REASON_OF_HANDOFF.get(handoff.get("reason", ""))
+        call = self.call
+        if reason is not None and call is not None:
+            try:
+                await self._run_sync(
+                    partial(self._store.store_end_reason, call.scope, call.call_id, reason)
+                )
+            except Exception:
+                logger.exception("could not store why the call ends", extra=self.log_context)
         await self._send({"type": "end", "handoffData": json.dumps(handoff)})
 
     async def _send(self, message: dict[str, Any]) -> None:

@@ -204,6 +204,17 @@ def stored_call(tenant_id: uuid.UUID, call_id: uuid.UUID) -> Call:
         return call
 
 
+def hang_up(client: TestClient, call: RingingCall, duration: int = 12) -> Call:
+    """Twilio's final `completed` status callback for `call`; returns the call as stored."""
+    response = twilio_post(
+        client,
+        "/telephony/twilio/status",
+        {"CallSid": call.call_sid, "CallStatus": "completed", "CallDuration": str(duration)},
+    )
+    assert response.status_code == 200, response.text
+    return stored_call(call.tenant_id, call.call_id)
+
+
 def llm_messages(llm: FakeLLM, index: int = -1) -> list[tuple[str, str]]:
     return [(m["role"], m["content"]) for m in llm.requests[index]["messages"]]
 
@@ -405,10 +416,11 @@ def test_transfer_call_ends_the_session_and_the_action_dials_the_transfer_number
     assert action.status_code == 200, action.text
     dial = ET.fromstring(action.text).find("Dial")  # noqa: S314 - our own TwiML
     assert dial is not None and dial.text == transfer_to
+    assert hang_up(client, call).end_reason == "transferred"
 
 
 def test_end_call_without_words_says_goodbye(
-    server: str, llm: FakeLLM, tenant: TenantFixture
+    client: TestClient, server: str, llm: FakeLLM, tenant: TenantFixture
 ) -> None:
     call = create_ringing_call(tenant.id)
     llm.push(Script(tokens=[], tool_call=("end_call", {})))
@@ -418,6 +430,42 @@ def test_end_call_without_words_says_goodbye(
     assert relay.answer() == [{"type": "text", "token": GOODBYE, "last": True}]
     assert relay.recv() == {"type": "end", "handoffData": json.dumps({"reason": "end_call"})}
     relay.ws.close()
+    # Until Twilio's final status the call has no end_reason; then the agent's hang-up is it.
+    assert stored_call(tenant.id, call.call_id).end_reason is None
+    ended = hang_up(client, call)
+    assert (ended.status, ended.end_reason) == ("completed", "agent_hangup")
+
+
+def test_a_caller_hanging_up_is_caller_hangup(
+    client: TestClient, server: str, llm: FakeLLM, tenant: TenantFixture
+) -> None:
+    call = create_ringing_call(tenant.id)
+    llm.push(Script.text("Sure."))
+    relay = open_relay(server)
+    relay.setup(call.call_sid, call.call_id)
+    relay.prompt("Hello?")
+    assert spoken(relay.answer()) == "Sure."
+    relay.ws.close()
+    ended = hang_up(client, call)
+    assert (ended.status, ended.end_reason) == ("completed", "caller_hangup")
+
+
+def test_a_failed_relay_session_is_relay_error(
+    client: TestClient, server: str, llm: FakeLLM, tenant: TenantFixture
+) -> None:
+    call = create_ringing_call(tenant.id)
+    relay = open_relay(server)
+    relay.setup(call.call_sid, call.call_id)
+    eventually(lambda: stored_call(tenant.id, call.call_id).status == "in_progress")
+    relay.ws.close()
+    action = twilio_post(
+        client,
+        "/telephony/twilio/relay-action",
+        {"CallSid": call.call_sid, "SessionStatus": "failed", "ErrorCode": "64107"},
+    )
+    assert ET.fromstring(action.text).find("Hangup") is not None  # noqa: S314 - our own TwiML
+    ended = hang_up(client, call)
+    assert (ended.status, ended.end_reason) == ("completed", "relay_error")
 
 
 # --------------------------------------------------------------------------- failures and limits
@@ -464,7 +512,11 @@ def test_without_an_llm_the_caller_hears_the_apology(
 
 
 def test_max_call_duration_ends_the_call(
-    server: str, llm: FakeLLM, tenant: TenantFixture, monkeypatch: pytest.MonkeyPatch
+    client: TestClient,
+    server: str,
+    llm: FakeLLM,
+    tenant: TenantFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     limits: list[int] = []
 
@@ -491,6 +543,7 @@ def test_max_call_duration_ends_the_call(
         ("agent", "Let", True),
         ("agent", TIME_LIMIT_GOODBYE, False),
     ]
+    assert hang_up(client, call).end_reason == "max_duration"
 
 
 def test_garbage_frames_are_ignored_and_the_session_survives(

@@ -213,6 +213,9 @@ class TimedStore:
     def store_summary(self, scope: Any, call_id: Any, summary: str) -> None:
         self._real.store_summary(scope, call_id, summary)
 
+    def store_end_reason(self, scope: Any, call_id: Any, reason: Any) -> None:
+        self._real.store_end_reason(scope, call_id, reason)
+
 
 def _first_text_at(harness: Harness, sent_at: list[float]) -> float:
     return next(
