@@ -16,7 +16,12 @@ from app.api.deps import TransactionalRoute
 from app.context import set_tenant
 from app.errors import error_responses
 from app.services.relay import relay_action_twiml
-from app.telephony.relay import POLICY_VIOLATION, RelaySession, handshake_rejection
+from app.telephony.relay import (
+    POLICY_VIOLATION,
+    RELAY_TOKEN_PARAMETER,
+    RelaySession,
+    handshake_rejection,
+)
 from app.telephony.request import InvalidTwilioSignature, TelephonyNotConfigured, TwilioForm
 
 logger = logging.getLogger("vca.relay")
@@ -36,7 +41,9 @@ async def conversation_relay(websocket: WebSocket) -> None:
         await websocket.close(code=POLICY_VIOLATION)
         return
     await websocket.accept()
-    session = RelaySession(websocket.send_text)
+    session = RelaySession(
+        websocket.send_text, url_token=websocket.query_params.get(RELAY_TOKEN_PARAMETER)
+    )
     metrics.RELAY_SESSIONS.inc()
     try:
         while True:

@@ -29,7 +29,7 @@ from app.models.call import CallStatus, EndReason
 from app.services import billing, events
 from app.services.scope import Principal, Role, TenantScope, scoped
 from app.telephony import twiml
-from app.telephony.urls import TwilioUrls
+from app.telephony.urls import RELAY_TOKEN_PARAMETER, TwilioUrls, relay_token
 
 logger = logging.getLogger("vca.telephony")
 
@@ -217,33 +217,37 @@ def _parse_event_time(raw: str | None) -> datetime | None:
 
 
 def relay_twiml(call_id: uuid.UUID, profile: AnsweringProfile, urls: TwilioUrls) -> str:
-    """The ConversationRelay TwiML that connects a call to our WebSocket with `profile`'s voice."""
-    before, after = _relay_twiml_around_call_id(
+    """The ConversationRelay TwiML that connects a call to our WebSocket with `profile`'s voice:
+    its relay URL carries the call's token (app/telephony/urls.py: relay_token)."""
+    before, between, after = _relay_twiml_around_call(
         urls.relay, urls.relay_action, profile.greeting or None, profile.language, profile.voice
     )
-    return before + str(call_id) + after  # a UUID's text needs no XML escaping
+    # A UUID's text and the token's hex need no XML escaping.
+    return before + relay_token(call_id) + between + str(call_id) + after
 
 
-# Where the call id goes: random, so no profile text can contain it.
+# Where the token and the call id go: random, so no profile text can contain them.
+_TOKEN_SLOT = "token-" + secrets.token_hex(16)
 _CALL_ID_SLOT = "call-id-" + secrets.token_hex(16)
 
 
 @lru_cache(maxsize=1024)
-def _relay_twiml_around_call_id(
+def _relay_twiml_around_call(
     relay_url: str, action_url: str, greeting: str | None, language: str, voice: str | None
-) -> tuple[str, str]:
+) -> tuple[str, str, str]:
     """A profile's ConversationRelay TwiML, built once (by `twiml.conversation_relay`, which
-    escapes it) and split where the call's id goes: every admitted call answers with it."""
+    escapes it) and split where the call's token and id go: every admitted call answers with it."""
     document = twiml.conversation_relay(
-        ws_url=relay_url,
+        ws_url=f"{relay_url}?{RELAY_TOKEN_PARAMETER}={_TOKEN_SLOT}",
         welcome_greeting=greeting,
         language=language,
         voice=voice or None,
         parameters={"call_id": _CALL_ID_SLOT},
         action_url=action_url,
     )
-    before, after = document.split(_CALL_ID_SLOT)
-    return before, after
+    before, rest = document.split(_TOKEN_SLOT)
+    between, after = rest.split(_CALL_ID_SLOT)
+    return before, between, after
 
 
 class TelephonyService:

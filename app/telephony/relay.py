@@ -51,12 +51,15 @@ from app.services.relay import (
     NewTurn,
     RelayBindError,
     TranscriptChange,
+    storable_text,
 )
 from app.services.scope import TenantScope
 from app.telephony.signature import is_valid_twilio_signature, websocket_url
+from app.telephony.urls import RELAY_TOKEN_PARAMETER, relay_token_matches
 
 __all__ = [
     "APOLOGY",
+    "RELAY_TOKEN_PARAMETER",
     "MAX_FRAME_CHARS",
     "RelaySession",
     "duration_limit",
@@ -176,8 +179,12 @@ class RelaySession:
         store: RelayStore | None = None,
         run_sync: RunSync[Any] = _run_in_thread,
         dtmf_settle_seconds: float | None = None,
+        url_token: str | None = None,
     ) -> None:
         self._send_text = send
+        # The token of the relay URL the socket was opened on (signed by Twilio with it): only
+        # the call it was issued for may be set up on this socket.
+        self.url_token = url_token
         self._llm_getter = llm
         self._store: RelayStore = store if store is not None else relay_store
         self._run_sync = run_sync
@@ -306,6 +313,9 @@ class RelaySession:
         except ValueError:
             self._refuse("setup without a valid call_id parameter")
             return
+        if not relay_token_matches(self.url_token, call_id):
+            self._refuse("the relay URL's token is not this call's")
+            return
         try:
             bound = await self._run_sync(partial(self._store.bind_call, call_id, call_sid))
         except RelayBindError as exc:
@@ -325,7 +335,7 @@ class RelaySession:
         elapsed = (utcnow() - bound.answered_at).total_seconds()
         remaining = duration_limit(bound.profile.max_call_duration_seconds) - max(0.0, elapsed)
         self._duration_task = asyncio.create_task(self._enforce_duration(remaining))
-        logger.info("relay session bound", extra={**self.log_context, "resumed": bound.resumed})
+        logger.info("relay session bound", extra=self.log_context)
 
     # ------------------------------------------------------------------ caller input
 
@@ -371,6 +381,8 @@ class RelaySession:
 
     def _on_caller_input(self, text: str, received_at: float) -> None:
         """The caller said (or typed) something: stop the agent, record it, answer."""
+        # As it will be stored, and sendable to the LLM (lone surrogates are not JSON's).
+        text = storable_text(text)
         turn = self._turn
         if turn is not None and not turn.done:
             # New input without an `interrupt` (nothing was playing yet, or interruptions are

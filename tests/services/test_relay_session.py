@@ -21,6 +21,7 @@ from app.models import CallTurn, Tenant
 from app.services.relay import HeardTurn, NewTurn, store_transcript
 from app.services.telephony import telephony_scope
 from app.telephony.relay import APOLOGY, RelaySession
+from app.telephony.urls import relay_token
 from tests.fakes.fake_llm import FakeLLM, Script
 from tests.helpers import RingingCall, TenantFixture, create_ringing_call
 
@@ -52,6 +53,8 @@ class Harness:
         self.session = RelaySession(send, llm=lambda: self.client, **options)
 
     async def setup(self, call: RingingCall) -> None:
+        # Twilio opened the socket on the call's relay URL, with its token.
+        self.session.url_token = relay_token(call.call_id)
         await self.message(
             type="setup", callSid=call.call_sid, customParameters={"call_id": str(call.call_id)}
         )
