@@ -133,3 +133,7 @@ class Call(TenantOwned, Base):
     pending_end_reason: Mapped[str | None] = mapped_column(String(64))
     # When a relay session took the call: the first `setup` owns it, any later one is refused.
     relay_bound_at: Mapped[datetime | None]
+    # Reconciliation (app/services/reconciliation.py): not before this time (a claim's lease, or
+    # the backoff after Twilio failed), and how many times Twilio failed for this call.
+    reconcile_after: Mapped[datetime | None]
+    reconcile_attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))

@@ -253,9 +253,16 @@ def _relay_twiml_around_call(
 class TelephonyService:
     """Handles Twilio's webhooks. Each method runs inside the request's one transaction."""
 
-    def __init__(self, session: Session, urls: TwilioUrls) -> None:
+    def __init__(self, session: Session, urls: TwilioUrls | None = None) -> None:
         self.session = session
-        self.urls = urls
+        self._urls = urls
+
+    @property
+    def urls(self) -> TwilioUrls:
+        """Our public URLs, for the TwiML (not needed to apply a status: reconciliation)."""
+        if self._urls is None:
+            raise RuntimeError("TelephonyService needs the public URLs to answer a voice webhook")
+        return self._urls
 
     # -- voice webhook -------------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ ALLOWED = {
     # The worker's billing close: the (tenant, month) pairs due; each close is tenant-scoped.
     ("app/services/billing.py", "due_periods"),
     ("app/services/idempotency.py", "prune_expired"),  # the worker: keys past 24 hours
+    # the worker: every tenant's calls whose final status callback was lost
+    ("app/services/reconciliation.py", "claim_stale_calls"),
 }
 
 
