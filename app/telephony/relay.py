@@ -460,8 +460,15 @@ class RelaySession:
                     extra={**self.log_context, "error": str(exc), "kind": type(exc).__name__},
                 )
                 turn.tool_calls.clear()
-                await self._speak(turn, "" if turn.parts else APOLOGY, last=True)
-                self._finish_turn(turn, text=turn.spoken, interrupted=False)
+                if not turn.parts:
+                    await self._speak(turn, APOLOGY, last=True)
+                    self._finish_turn(turn, text=turn.spoken, interrupted=False)
+                    return
+                # Cut mid-answer: what was sent is kept as an interrupted turn, and the caller
+                # hears the apology after it (its own turn) rather than a sentence left hanging.
+                self._finish_turn(turn, text=turn.spoken, interrupted=True)
+                await self._send({"type": "text", "token": " " + APOLOGY, "last": True})
+                self._add_entry(ConversationEntry(role="agent", text=APOLOGY))
                 return
 
             action = self._chosen_action(profile, turn.tool_calls)

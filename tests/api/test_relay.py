@@ -466,6 +466,38 @@ def test_a_caller_hanging_up_is_caller_hangup(
     assert (ended.status, ended.end_reason) == ("completed", "caller_hangup")
 
 
+def test_drill_relay_socket_dropped_ends_through_the_status_callback_metered_once(
+    client: TestClient, server: str, llm: FakeLLM, tenant: TenantFixture, owner_engine: Any
+) -> None:
+    """Fault drill: the relay socket is dropped mid-answer (no close frame); Twilio reports the
+    session failed, then sends its final status, twice."""
+    call = create_ringing_call(tenant.id)
+    llm.push(Script(tokens=["One", " moment"], stall_after_tokens=1))
+    relay = open_relay(server, call.call_id)
+    relay.setup(call.call_sid, call.call_id)
+    relay.prompt("Hello?")
+    assert relay.recv()["token"] == "One"
+    relay.ws.socket.close()  # the TCP connection dies: no close handshake
+    eventually(lambda: relay_protocol.live_sessions() == 0)
+    twilio_post(
+        client,
+        "/telephony/twilio/relay-action",
+        {"CallSid": call.call_sid, "SessionStatus": "failed", "ErrorCode": "64105"},
+    )
+    for _ in range(2):
+        ended = hang_up(client, call, duration=20)
+    assert (ended.status, ended.end_reason, ended.billable_minutes) == (
+        "completed",
+        "relay_error",
+        1,
+    )
+    assert count_tenant_rows(owner_engine, "usage_records", tenant.id) == 1
+    where = "event_type = 'call.ended'"
+    assert count_tenant_rows(owner_engine, "webhook_events", tenant.id, where) == 1
+    # What was sent before the drop is kept, as interrupted.
+    assert stored_turns(call)[-1][1:4] == ("agent", "One", True)
+
+
 def test_a_failed_relay_session_is_relay_error(
     client: TestClient, server: str, llm: FakeLLM, tenant: TenantFixture
 ) -> None:
@@ -510,6 +542,34 @@ def test_llm_failure_gets_an_apology_and_the_call_goes_on(
     turns = eventually(lambda: len(stored_turns(call)) == 4 and stored_turns(call))
     assert turns[1][1:4] == ("agent", APOLOGY, False)
     assert turns[1][4] is not None
+
+
+def test_drill_llm_stream_cut_mid_answer_apologises_and_the_call_goes_on(
+    server: str, llm: FakeLLM, tenant: TenantFixture
+) -> None:
+    """Fault drill: the LLM's connection drops after two tokens of an answer."""
+    call = create_ringing_call(tenant.id, greeting=None)
+    llm.push(
+        Script(tokens=["We open", " at", " nine", "."], cut_after_tokens=2), Script.text("Yes.")
+    )
+    relay = open_relay(server, call.call_id)
+    relay.setup(call.call_sid, call.call_id)
+    started = time.monotonic()
+    relay.prompt("When do you open?")
+    frames = relay.answer()
+    assert time.monotonic() - started < 3
+    assert spoken(frames) == "We open at " + APOLOGY
+    relay.prompt("Are you open on Sunday?")
+    assert spoken(relay.answer()) == "Yes."
+    relay.ws.close()
+    turns = eventually(lambda: len(stored_turns(call)) == 5 and stored_turns(call))
+    assert [turn[1:4] for turn in turns] == [
+        ("caller", "When do you open?", False),
+        ("agent", "We open at", True),
+        ("agent", APOLOGY, False),
+        ("caller", "Are you open on Sunday?", False),
+        ("agent", "Yes.", False),
+    ]
 
 
 def test_without_an_llm_the_caller_hears_the_apology(
