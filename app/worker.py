@@ -34,6 +34,7 @@ from app.models.base import utcnow
 from app.services.billing import PeriodCloser
 from app.services.events import NOTIFY_CHANNEL
 from app.services.idempotency import prune_expired
+from app.services.reconciliation import Reconciler
 from app.webhooks.delivery import (
     ClaimedDelivery,
     DeliveryOutcome,
@@ -388,10 +389,13 @@ def main() -> int:
     logger.info("worker started", extra={"concurrency": worker.concurrency})
     closer = PeriodCloser()  # billing: invoices every tenant's ended periods, once a minute
     closer.start()
+    reconciler = Reconciler()  # calls whose final status callback was lost, every 30 s
+    reconciler.start()
     try:
         worker.run_forever()
     finally:
         closer.stop()
+        reconciler.stop()
         worker.close()
         close_shared_transports()
         get_engine().dispose()

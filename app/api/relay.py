@@ -16,7 +16,12 @@ from app.api.deps import TransactionalRoute
 from app.context import set_tenant
 from app.errors import error_responses
 from app.services.relay import relay_action_twiml
-from app.telephony.relay import POLICY_VIOLATION, RelaySession, handshake_rejection
+from app.telephony.relay import (
+    POLICY_VIOLATION,
+    RELAY_TOKEN_PARAMETER,
+    RelaySession,
+    handshake_rejection,
+)
 from app.telephony.request import InvalidTwilioSignature, TelephonyNotConfigured, TwilioForm
 
 logger = logging.getLogger("vca.relay")
@@ -36,7 +41,9 @@ async def conversation_relay(websocket: WebSocket) -> None:
         await websocket.close(code=POLICY_VIOLATION)
         return
     await websocket.accept()
-    session = RelaySession(websocket.send_text)
+    session = RelaySession(
+        websocket.send_text, url_token=websocket.query_params.get(RELAY_TOKEN_PARAMETER)
+    )
     metrics.RELAY_SESSIONS.inc()
     try:
         while True:
@@ -81,5 +88,11 @@ async def conversation_relay(websocket: WebSocket) -> None:
     summary="Twilio's <Connect action> after a ConversationRelay session: transfer or hang up",
 )
 def relay_action(form: TwilioForm) -> Response:
-    twiml = relay_action_twiml(form.get("CallSid", ""), form.get("HandoffData"))
+    # Twilio's SessionStatus is `failed` (with an ErrorCode) when the session broke.
+    failed = form.get("SessionStatus", "").strip() == "failed" or bool(
+        form.get("ErrorCode", "").strip()
+    )
+    twiml = relay_action_twiml(
+        form.get("CallSid", ""), form.get("HandoffData"), session_failed=failed
+    )
     return Response(content=twiml, media_type="application/xml")

@@ -41,6 +41,27 @@ class CallStatus(StrEnum):
         return _LIVE.index(self) if self in _LIVE else len(_LIVE)
 
 
+class EndReason(StrEnum):
+    """Why a call ended (SPEC 5): one closed set, filled for every ended call."""
+
+    caller_hangup = "caller_hangup"
+    agent_hangup = "agent_hangup"
+    transferred = "transferred"
+    max_duration = "max_duration"
+    no_answer = "no_answer"
+    busy = "busy"
+    failed = "failed"
+    canceled = "canceled"
+    # A refused call (`rejected`), or one whose tenant was suspended while it rang.
+    tenant_suspended = "tenant_suspended"
+    concurrency_limit = "concurrency_limit"
+    minutes_exhausted = "minutes_exhausted"
+    no_ai_profile = "no_ai_profile"
+    relay_error = "relay_error"
+    # The final status came from Twilio's REST API after a lost callback.
+    reconciled = "reconciled"
+
+
 _LIVE = (CallStatus.queued, CallStatus.ringing, CallStatus.in_progress)
 # Calls that hold a line (the plan's concurrent-call limit), by how their age is measured.
 RINGING_STATUSES = (CallStatus.queued, CallStatus.ringing)
@@ -106,3 +127,13 @@ class Call(TenantOwned, Base):
     billable_minutes: Mapped[int] = mapped_column(default=0)
     end_reason: Mapped[str | None] = mapped_column(String(64))
     summary: Mapped[str | None] = mapped_column(Text)
+    # What ended a live call as our side saw it (the agent's end_call or transfer, the duration
+    # limit, a relay error): it becomes end_reason when Twilio's final status arrives, so
+    # end_reason stays NULL until the call has really ended.
+    pending_end_reason: Mapped[str | None] = mapped_column(String(64))
+    # When a relay session took the call: the first `setup` owns it, any later one is refused.
+    relay_bound_at: Mapped[datetime | None]
+    # Reconciliation (app/services/reconciliation.py): not before this time (a claim's lease, or
+    # the backoff after Twilio failed), and how many times Twilio failed for this call.
+    reconcile_after: Mapped[datetime | None]
+    reconcile_attempts: Mapped[int] = mapped_column(default=0, server_default=text("0"))

@@ -21,6 +21,7 @@ FUNCTION_NAMES = (
     "billing_period_bounds",
     "billing_period_at",
     "open_billing_period",
+    "call_line_cutoffs",
     "call_limit_violation",
     "answering_profile",
     "answer_inbound_call",

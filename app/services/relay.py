@@ -23,7 +23,7 @@ from app.config.database import transaction
 from app.llm.agent import ConversationEntry
 from app.models import AIProfile, Call, CallTurn, Tenant
 from app.models.base import new_id, utcnow
-from app.models.call import CallStatus
+from app.models.call import CallStatus, EndReason
 from app.services.events import emit_event
 from app.services.scope import TenantScope, get_scoped, scoped
 from app.services.telephony import bind_call_sid, call_payload, telephony_scope, turns_of_call
@@ -33,9 +33,23 @@ logger = logging.getLogger("vca.relay")
 
 _INSERT_TURNS = insert(cast(Table, CallTurn.__table__))
 
-# A session may (re)attach to a call that Twilio is still connecting or that is already live
-# (a WebSocket reconnect); a finished call never comes back to life.
+# A session may take a call Twilio is still connecting, or one a status callback already marked
+# answered (outbound calls); a finished call never comes back to life. Either way only the first
+# session: `relay_bound_at` marks the call taken.
 BINDABLE_STATUSES = (CallStatus.queued, CallStatus.ringing, CallStatus.in_progress)
+
+
+def storable_text(text: str) -> str:
+    """`text` as PostgreSQL stores it: without NUL (which text columns refuse) and with lone
+    surrogates (which UTF-8 cannot encode) replaced, so a turn is cleaned, never lost."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # Through UTF-16: paired surrogates become their character, lone ones U+FFFD.
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 class RelayBindError(Exception):
@@ -92,7 +106,6 @@ class BoundCall:
     answered_at: datetime
     history: list[ConversationEntry] = field(default_factory=list)
     next_seq: int = 1
-    resumed: bool = False
 
 
 class RelayService:
@@ -105,12 +118,12 @@ class RelayService:
     def bind(self, call_id: uuid.UUID, call_sid: str) -> BoundCall:
         """Attach a session to the call `call_id` whose Twilio CallSid is `call_sid`.
 
-        Guarantees: the call exists in this tenant with that CallSid and a bindable status, or
-        RelayBindError and nothing changes. The call becomes `in_progress` with `answered_at`
-        set, and the first session of a call emits `call.started` in the same transaction; a
-        call already in progress with a transcript (a reconnect) is resumed with that transcript
-        and no second event. On the first binding the profile's greeting (which Twilio speaks as
-        the welcome greeting) is stored as the first agent turn.
+        Guarantees: the call exists in this tenant with that CallSid and a bindable status and
+        no session has taken it yet (checked under its row lock, so of two sockets racing one
+        wins), or RelayBindError and nothing changes. The call becomes `in_progress` with
+        `answered_at` set and is marked taken, `call.started` is emitted in the same transaction,
+        and the profile's greeting (which Twilio speaks as the welcome greeting) is stored as
+        the first agent turn.
         """
         call = self.session.scalars(
             scoped(Call, self.scope)
@@ -121,6 +134,8 @@ class RelayService:
             raise RelayBindError("no call with this id and CallSid")
         if call.status not in BINDABLE_STATUSES:
             raise RelayBindError(f"call is {call.status}")
+        if call.relay_bound_at is not None:
+            raise RelayBindError("call already has its relay session")
         if call.ai_profile_id is None:
             raise RelayBindError("call has no AI profile")
         profile_row = self.session.scalars(
@@ -139,22 +154,14 @@ class RelayService:
         )
 
         turns = turns_of_call(self.session, self.scope, call.id)
-        # A status callback may have marked the call answered before Twilio opened the socket
-        # (outbound calls): the first session is recognised by an empty transcript instead.
-        resumed = call.status == CallStatus.in_progress and bool(turns)
         now = utcnow()
         if call.status != CallStatus.in_progress:
             call.status = CallStatus.in_progress
             call.started_at = call.started_at or now
         call.answered_at = call.answered_at or now
+        call.relay_bound_at = now
         self.session.flush()
-        if not resumed:
-            emit_event(
-                self.session,
-                self.scope.tenant_id,
-                "call.started",
-                {"call": call_payload(call)},
-            )
+        emit_event(self.session, self.scope.tenant_id, "call.started", {"call": call_payload(call)})
 
         history = [
             ConversationEntry(
@@ -178,7 +185,6 @@ class RelayService:
             answered_at=call.answered_at or now,
             history=history,
             next_seq=next_seq,
-            resumed=resumed,
         )
 
     def apply(self, call_id: uuid.UUID, changes: Sequence[TranscriptChange]) -> None:
@@ -198,7 +204,7 @@ class RelayService:
                         "call_id": call_id,
                         "seq": change.seq,
                         "role": change.role,
-                        "text": change.text,
+                        "text": storable_text(change.text),
                         "interrupted": change.interrupted,
                         "latency_ms": change.latency_ms,
                         "created_at": now,
@@ -221,7 +227,7 @@ class RelayService:
             scoped(CallTurn, self.scope).where(CallTurn.call_id == call_id, CallTurn.seq == seq)
         ).one_or_none()
         if turn is not None:
-            turn.text = text
+            turn.text = storable_text(text)
             turn.interrupted = True
             self.session.flush()
 
@@ -232,6 +238,16 @@ class RelayService:
         ).one_or_none()
         if call is not None:
             call.summary = summary
+            self.session.flush()
+
+    def note_end_reason(self, call_id: uuid.UUID, reason: EndReason) -> None:
+        """Record what is ending the live call `call_id` (the first cause noted wins); Twilio's
+        final status turns it into the call's end_reason (`TelephonyService.transition`)."""
+        call = self.session.scalars(
+            scoped(Call, self.scope).where(Call.id == call_id).with_for_update()
+        ).one_or_none()
+        if call is not None and not CallStatus(call.status).is_terminal:
+            call.pending_end_reason = call.pending_end_reason or reason
             self.session.flush()
 
     def after_session_twiml(self, call_id: uuid.UUID, handoff_data: str | None) -> str:
@@ -295,7 +311,19 @@ def bind_call(call_id: uuid.UUID, call_sid: str) -> BoundCall:
         if found is None:
             raise RelayBindError("unknown CallSid")
         session, scope = found
-        return RelayService(session, scope).bind(call_id, call_sid)
+        suspended = scope.tenant_status == "suspended"
+        if not suspended:
+            return RelayService(session, scope).bind(call_id, call_sid)
+        # Suspended while the call rang: not handed to the agent; the refusal ends the session
+        # and Twilio's final status ends the call with this reason (committed here).
+        owned = session.scalar(
+            scoped(Call, scope)
+            .where(Call.id == call_id, Call.provider_call_sid == call_sid)
+            .with_only_columns(Call.id)
+        )
+        if owned is not None:
+            RelayService(session, scope).note_end_reason(call_id, EndReason.tenant_suspended)
+    raise RelayBindError("the tenant is suspended")
 
 
 def store_transcript(
@@ -312,8 +340,29 @@ def store_summary(scope: TenantScope, call_id: uuid.UUID, summary: str) -> None:
         RelayService(session, scope).store_summary(call_id, summary)
 
 
-def relay_action_twiml(call_sid: str, handoff_data: str | None) -> str:
-    """Answer to `POST /telephony/twilio/relay-action`; an unknown CallSid hangs up."""
+def store_end_reason(scope: TenantScope, call_id: uuid.UUID, reason: EndReason) -> None:
+    """Note what is ending the call (see `RelayService.note_end_reason`), in its own transaction."""
+    with transaction(scope.tenant_id) as session:
+        RelayService(session, scope).note_end_reason(call_id, reason)
+
+
+# How an `end` message's handoffData `reason` (written by app/telephony/relay.py) ends the call.
+END_REASON_OF_HANDOFF = {
+    "transfer": EndReason.transferred,
+    "end_call": EndReason.agent_hangup,
+    "max_duration": EndReason.max_duration,
+}
+
+
+def relay_action_twiml(
+    call_sid: str, handoff_data: str | None, *, session_failed: bool = False
+) -> str:
+    """Answer to `POST /telephony/twilio/relay-action`; an unknown CallSid hangs up.
+
+    `session_failed`: Twilio reports that the relay session ended in an error (the socket
+    dropped, our side failed): unless the agent had already ended the call, its end_reason
+    will be `relay_error`.
+    """
     with _call_sid_transaction(call_sid) as found:
         if found is None:
             logger.warning("relay action for an unknown CallSid", extra={"sid": call_sid[:64]})
@@ -324,4 +373,7 @@ def relay_action_twiml(call_sid: str, handoff_data: str | None) -> str:
         )
         if call_id is None:
             return twiml.hangup()
-        return RelayService(session, scope).after_session_twiml(call_id, handoff_data)
+        service = RelayService(session, scope)
+        if session_failed:
+            service.note_end_reason(call_id, EndReason.relay_error)
+        return service.after_session_twiml(call_id, handoff_data)

@@ -26,12 +26,12 @@ from app.config.database import bind_tenant
 from app.errors import AtCapacity
 from app.models import Call, CallTurn, Tenant
 from app.models.base import new_id, utcnow
-from app.models.call import CallStatus
+from app.models.call import CallStatus, EndReason
 from app.services import billing, events
 from app.services.scope import Principal, Role, TenantScope, scoped
 from app.telephony import twiml
 from app.telephony.capacity import LiveCalls
-from app.telephony.urls import TwilioUrls
+from app.telephony.urls import RELAY_TOKEN_PARAMETER, TwilioUrls, relay_token
 
 logger = logging.getLogger("vca.telephony")
 
@@ -53,6 +53,21 @@ TWILIO_CALL_STATUSES = {
     "failed": CallStatus.failed,
     "canceled": CallStatus.canceled,
 }
+
+# end_reason of a call Twilio ended with this status, when nothing on our side ended it first:
+# a `completed` call that neither the agent, a transfer, the duration limit nor a relay error
+# ended was hung up by the caller.
+END_REASON_OF_STATUS = {
+    CallStatus.completed: EndReason.caller_hangup,
+    CallStatus.busy: EndReason.busy,
+    CallStatus.no_answer: EndReason.no_answer,
+    CallStatus.failed: EndReason.failed,
+    CallStatus.canceled: EndReason.canceled,
+}
+
+# A reported CallDuration may exceed the wall time since the answer by this much (clock skew,
+# Twilio rounding up); beyond it, it is capped.
+DURATION_SLACK = timedelta(minutes=1)
 
 # end_reason of a call refused before it was answered: what `call_limit_violation` returns.
 REJECT_TENANT_SUSPENDED = "tenant_suspended"
@@ -204,41 +219,52 @@ def _parse_event_time(raw: str | None) -> datetime | None:
 
 
 def relay_twiml(call_id: uuid.UUID, profile: AnsweringProfile, urls: TwilioUrls) -> str:
-    """The ConversationRelay TwiML that connects a call to our WebSocket with `profile`'s voice."""
-    before, after = _relay_twiml_around_call_id(
+    """The ConversationRelay TwiML that connects a call to our WebSocket with `profile`'s voice:
+    its relay URL carries the call's token (app/telephony/urls.py: relay_token)."""
+    before, between, after = _relay_twiml_around_call(
         urls.relay, urls.relay_action, profile.greeting or None, profile.language, profile.voice
     )
-    return before + str(call_id) + after  # a UUID's text needs no XML escaping
+    # A UUID's text and the token's hex need no XML escaping.
+    return before + relay_token(call_id) + between + str(call_id) + after
 
 
-# Where the call id goes: random, so no profile text can contain it.
+# Where the token and the call id go: random, so no profile text can contain them.
+_TOKEN_SLOT = "token-" + secrets.token_hex(16)
 _CALL_ID_SLOT = "call-id-" + secrets.token_hex(16)
 
 
 @lru_cache(maxsize=1024)
-def _relay_twiml_around_call_id(
+def _relay_twiml_around_call(
     relay_url: str, action_url: str, greeting: str | None, language: str, voice: str | None
-) -> tuple[str, str]:
+) -> tuple[str, str, str]:
     """A profile's ConversationRelay TwiML, built once (by `twiml.conversation_relay`, which
-    escapes it) and split where the call's id goes: every admitted call answers with it."""
+    escapes it) and split where the call's token and id go: every admitted call answers with it."""
     document = twiml.conversation_relay(
-        ws_url=relay_url,
+        ws_url=f"{relay_url}?{RELAY_TOKEN_PARAMETER}={_TOKEN_SLOT}",
         welcome_greeting=greeting,
         language=language,
         voice=voice or None,
         parameters={"call_id": _CALL_ID_SLOT},
         action_url=action_url,
     )
-    before, after = document.split(_CALL_ID_SLOT)
-    return before, after
+    before, rest = document.split(_TOKEN_SLOT)
+    between, after = rest.split(_CALL_ID_SLOT)
+    return before, between, after
 
 
 class TelephonyService:
     """Handles Twilio's webhooks. Each method runs inside the request's one transaction."""
 
-    def __init__(self, session: Session, urls: TwilioUrls) -> None:
+    def __init__(self, session: Session, urls: TwilioUrls | None = None) -> None:
         self.session = session
-        self.urls = urls
+        self._urls = urls
+
+    @property
+    def urls(self) -> TwilioUrls:
+        """Our public URLs, for the TwiML (not needed to apply a status: reconciliation)."""
+        if self._urls is None:
+            raise RuntimeError("TelephonyService needs the public URLs to answer a voice webhook")
+        return self._urls
 
     # -- voice webhook -------------------------------------------------------------------------
 
@@ -375,6 +401,17 @@ class TelephonyService:
             # No CallDuration: measure from the answer, if there was one.
             answered = call.answered_at
             duration_seconds = max(0, int((ended_at - answered).total_seconds())) if answered else 0
+        # A forged or broken CallDuration never bills more than the call can have lasted: the
+        # wall time since it was answered (or, never seen answered, since it was created).
+        since = call.answered_at or call.created_at or started
+        if since is not None:
+            longest = max(0, int((now - since + DURATION_SLACK).total_seconds()))
+            duration_seconds = min(duration_seconds, longest)
+        call.end_reason = (
+            call.end_reason
+            or call.pending_end_reason
+            or END_REASON_OF_STATUS.get(status, EndReason.failed)
+        )
         connected = duration_seconds > 0 and (
             call.answered_at is not None or status is CallStatus.completed
         )

@@ -41,21 +41,26 @@ from app.llm.agent import (
 )
 from app.llm.client import LLMClient, LLMError, LLMEvent, TextDelta, ToolCall
 from app.models.base import utcnow
+from app.models.call import EndReason
 from app.services import relay as relay_store
 from app.services.relay import (
+    END_REASON_OF_HANDOFF,
     AgentProfile,
     BoundCall,
     HeardTurn,
     NewTurn,
     RelayBindError,
     TranscriptChange,
+    storable_text,
 )
 from app.services.scope import TenantScope
 from app.telephony.capacity import live_calls
 from app.telephony.signature import is_valid_twilio_signature, websocket_url
+from app.telephony.urls import RELAY_TOKEN_PARAMETER, relay_token_matches
 
 __all__ = [
     "APOLOGY",
+    "RELAY_TOKEN_PARAMETER",
     "MAX_FRAME_CHARS",
     "RelaySession",
     "duration_limit",
@@ -131,6 +136,10 @@ class RelayStore(Protocol):
 
     def store_summary(self, scope: TenantScope, call_id: uuid.UUID, summary: str) -> None: ...
 
+    def store_end_reason(
+        self, scope: TenantScope, call_id: uuid.UUID, reason: EndReason
+    ) -> None: ...
+
 
 async def _run_in_thread(function: Callable[[], T]) -> T:
     return await anyio.to_thread.run_sync(function)
@@ -172,8 +181,12 @@ class RelaySession:
         run_sync: RunSync[Any] = _run_in_thread,
         dtmf_settle_seconds: float | None = None,
         coalesce_seconds: float | None = None,
+        url_token: str | None = None,
     ) -> None:
         self._send_text = send
+        # The token of the relay URL the socket was opened on (signed by Twilio with it): only
+        # the call it was issued for may be set up on this socket.
+        self.url_token = url_token
         self._llm_getter = llm
         self._store: RelayStore = store if store is not None else relay_store
         self._run_sync = run_sync
@@ -306,6 +319,9 @@ class RelaySession:
         except ValueError:
             self._refuse("setup without a valid call_id parameter")
             return
+        if not relay_token_matches(self.url_token, call_id):
+            self._refuse("the relay URL's token is not this call's")
+            return
         try:
             bound = await self._run_sync(partial(self._store.bind_call, call_id, call_sid))
         except RelayBindError as exc:
@@ -325,7 +341,7 @@ class RelaySession:
         elapsed = (utcnow() - bound.answered_at).total_seconds()
         remaining = duration_limit(bound.profile.max_call_duration_seconds) - max(0.0, elapsed)
         self._duration_task = asyncio.create_task(self._enforce_duration(remaining))
-        logger.info("relay session bound", extra={**self.log_context, "resumed": bound.resumed})
+        logger.info("relay session bound", extra=self.log_context)
 
     # ------------------------------------------------------------------ caller input
 
@@ -371,6 +387,8 @@ class RelaySession:
 
     def _on_caller_input(self, text: str, received_at: float) -> None:
         """The caller said (or typed) something: stop the agent, record it, answer."""
+        # As it will be stored, and sendable to the LLM (lone surrogates are not JSON's).
+        text = storable_text(text)
         turn = self._turn
         if turn is not None and not turn.done:
             # New input without an `interrupt` (nothing was playing yet, or interruptions are
@@ -449,8 +467,15 @@ class RelaySession:
                 )
                 turn.tool_calls.clear()
                 await self._flush(turn)
-                await self._speak(turn, "" if turn.parts else APOLOGY, last=True)
-                self._finish_turn(turn, text=turn.spoken, interrupted=False)
+                if not turn.parts:
+                    await self._speak(turn, APOLOGY, last=True)
+                    self._finish_turn(turn, text=turn.spoken, interrupted=False)
+                    return
+                # Cut mid-answer: what was sent is kept as an interrupted turn, and the caller
+                # hears the apology after it (its own turn) rather than a sentence left hanging.
+                self._finish_turn(turn, text=turn.spoken, interrupted=True)
+                await self._send({"type": "text", "token": " " + APOLOGY, "last": True})
+                self._add_entry(ConversationEntry(role="agent", text=APOLOGY))
                 return
 
             await self._flush(turn)
@@ -558,9 +583,22 @@ class RelaySession:
             logger.warning("could not end the call at its time limit", exc_info=True)
 
     async def _end(self, handoff: dict[str, str]) -> None:
-        """Tell Twilio to end the session; Twilio then calls the `<Connect action>` URL."""
+        """Tell Twilio to end the session; Twilio then calls the `<Connect action>` URL.
+
+        Why the call ends is stored first, so Twilio's final status (which follows the `end`)
+        finds it and the call gets that end_reason rather than `caller_hangup`.
+        """
         self.ended = True
         self._cancel_timers()
+        reason = END_REASON_OF_HANDOFF.get(handoff.get("reason", ""))
+        call = self.call
+        if reason is not None and call is not None:
+            try:
+                await self._run_sync(
+                    partial(self._store.store_end_reason, call.scope, call.call_id, reason)
+                )
+            except Exception:
+                logger.exception("could not store why the call ends", extra=self.log_context)
         await self._send({"type": "end", "handoffData": json.dumps(handoff)})
 
     async def _send(self, message: dict[str, Any]) -> None:

@@ -8,6 +8,8 @@ surface as :class:`TwilioAPIError`, so callers never depend on ``twilio`` or
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import requests
@@ -22,7 +24,13 @@ from twilio.rest import Client
 from app.config.settings import settings
 from app.errors import ServiceUnavailable
 
-__all__ = ["TelephonyNotConfigured", "TwilioAPIError", "TwilioRest", "require_telephony"]
+__all__ = [
+    "TelephonyNotConfigured",
+    "TwilioAPIError",
+    "TwilioCall",
+    "TwilioRest",
+    "require_telephony",
+]
 
 
 class TelephonyNotConfigured(ServiceUnavailable):
@@ -105,6 +113,17 @@ def _translate(exc: Exception) -> TwilioAPIError | None:
         # JSON decoding of a 2xx body that is not Twilio's (e.g. a misrouted proxy).
         return TwilioAPIError(f"Unexpected response from the Twilio API ({exc})")
     return None
+
+
+@dataclass(frozen=True)
+class TwilioCall:
+    """A call as Twilio's REST API reports it: `status` in Twilio's words (`in-progress`,
+    `completed`, `no-answer`…), `duration` in seconds once ended, `end_time` if known."""
+
+    sid: str
+    status: str
+    duration: int | None
+    end_time: datetime | None
 
 
 class TwilioRest:
@@ -194,6 +213,30 @@ class TwilioRest:
         if not sid:
             raise TwilioAPIError("Twilio returned a call without a sid", status=None)
         return str(sid)
+
+    def fetch_call(self, call_sid: str) -> TwilioCall:
+        """The call `call_sid` as Twilio has it now.
+
+        :raises TwilioAPIError: as for :meth:`create_call` (status 404 for an unknown CallSid).
+        """
+        try:
+            call = self._client.api.v2010.account.calls(call_sid).fetch()
+        except Exception as exc:
+            error = _translate(exc)
+            if error is None:
+                raise
+            raise error from exc
+        try:
+            duration = int(call.duration) if call.duration not in (None, "") else None
+        except (TypeError, ValueError):
+            duration = None
+        end_time = call.end_time if isinstance(call.end_time, datetime) else None
+        return TwilioCall(
+            sid=str(call.sid or call_sid),
+            status=str(call.status or ""),
+            duration=duration,
+            end_time=end_time,
+        )
 
     def hangup_call(self, call_sid: str) -> None:
         """End a call in any state by setting its status to ``completed``.

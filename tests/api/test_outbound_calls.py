@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
 from app.config.settings import settings
@@ -87,6 +87,14 @@ def test_outbound_call_is_placed_through_twilio_and_then_answered_by_the_agent(
     for status in ("initiated", "ringing", "in-progress"):
         params = {"CallSid": sid, "CallStatus": status}
         assert twilio_post(client, "/telephony/twilio/status", params).status_code == 200
+    with owner_engine.begin() as conn:  # answered long enough ago for 125 s
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        conn.execute(
+            text(
+                "UPDATE calls SET answered_at = answered_at - interval '5 minutes' WHERE id = :id"
+            ),
+            {"id": call["id"]},
+        )
     done = {"CallSid": sid, "CallStatus": "completed", "CallDuration": "125"}
     assert twilio_post(client, "/telephony/twilio/status", done).status_code == 200
     ended = client.get(tenant.url(f"/calls/{call['id']}"), headers=tenant.headers).json()

@@ -16,6 +16,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import uvicorn
@@ -32,10 +33,12 @@ from app.services import relay as relay_service
 from app.telephony import relay as relay_protocol
 from app.telephony.relay import APOLOGY, GOODBYE, TIME_LIMIT_GOODBYE, TRANSFER_NOTICE
 from app.telephony.signature import websocket_url
+from app.telephony.urls import relay_token
 from tests.fakes.fake_llm import FakeLLM, Script
 from tests.helpers import (
     RingingCall,
     TenantFixture,
+    count_tenant_rows,
     create_number_and_profile,
     create_ringing_call,
     random_e164,
@@ -162,10 +165,21 @@ class Relay:
         assert closed.value.rcvd.code == code
 
 
-def open_relay(server: str, *, signature: str | None = None, headers: bool = True) -> Relay:
-    extra = {"X-Twilio-Signature": signature or sign()} if headers else {}
+def open_relay(
+    server: str,
+    call_id: uuid.UUID | str | None = None,
+    *,
+    token: str | None = None,
+    signature: str | None = None,
+    headers: bool = True,
+) -> Relay:
+    """A signed socket to the relay URL the TwiML of call `call_id` names (with its token)."""
+    if token is None and isinstance(call_id, uuid.UUID):
+        token = relay_token(call_id)
+    query = "" if token is None else "?" + urlencode({"token": token})
+    extra = {"X-Twilio-Signature": signature or sign(SIGNED_URL + query)} if headers else {}
     ws = connect(
-        server + RELAY_PATH,
+        server + RELAY_PATH + query,
         additional_headers=extra,
         open_timeout=TIMEOUT,
         close_timeout=2,
@@ -202,6 +216,17 @@ def stored_call(tenant_id: uuid.UUID, call_id: uuid.UUID) -> Call:
         call = session.get(Call, call_id)
         assert call is not None
         return call
+
+
+def hang_up(client: TestClient, call: RingingCall, duration: int = 12) -> Call:
+    """Twilio's final `completed` status callback for `call`; returns the call as stored."""
+    response = twilio_post(
+        client,
+        "/telephony/twilio/status",
+        {"CallSid": call.call_sid, "CallStatus": "completed", "CallDuration": str(duration)},
+    )
+    assert response.status_code == 200, response.text
+    return stored_call(call.tenant_id, call.call_id)
 
 
 def llm_messages(llm: FakeLLM, index: int = -1) -> list[tuple[str, str]]:
@@ -243,8 +268,10 @@ def test_a_call_from_the_voice_webhook_holds_a_conversation(
     )
     assert voice.status_code == 200, voice.text
     relay_el = ET.fromstring(voice.text).find("Connect/ConversationRelay")  # noqa: S314
-    assert relay_el is not None and relay_el.get("url") == SIGNED_URL
+    assert relay_el is not None
     call_id = uuid.UUID(relay_el.find("Parameter[@name='call_id']").get("value"))  # type: ignore[union-attr]
+    # The relay URL carries the call's token; Twilio signs the handshake over it.
+    assert relay_el.get("url") == f"{SIGNED_URL}?token={relay_token(call_id)}"
 
     llm.push(
         Script(tokens=["Sure", ",", " I can", " help."], stall_after_tokens=2),
@@ -252,7 +279,7 @@ def test_a_call_from_the_voice_webhook_holds_a_conversation(
         Script.text("You chose option five."),
         Script(tokens=["Goodbye", "!"], tool_call=("end_call", {"reason": "caller is done"})),
     )
-    relay = open_relay(server)
+    relay = open_relay(server, call_id)
     relay.setup(call_sid, call_id)
 
     # Tokens are forwarded as they arrive: the model stalls after two, and both are already here.
@@ -336,7 +363,7 @@ def test_interrupting_a_finished_answer_truncates_what_was_stored(
         Script(tokens=["Let", " me", " check"], stall_after_tokens=1),
         Script.text("Yes."),
     )
-    relay = open_relay(server)
+    relay = open_relay(server, call.call_id)
     relay.setup(call.call_sid, call.call_id)
     relay.prompt("How much is a cleaning?")
     assert spoken(relay.answer()) == "Our prices start at fifty dollars for a cleaning."
@@ -379,7 +406,7 @@ def test_transfer_call_ends_the_session_and_the_action_dials_the_transfer_number
     transfer_to = random_e164()
     call = create_ringing_call(tenant.id, transfer_number=transfer_to, llm_model="profile-model")
     llm.push(Script(tokens=[], tool_call=("transfer_call", {"reason": "wants a human"})))
-    relay = open_relay(server)
+    relay = open_relay(server, call.call_id)
     relay.setup(call.call_sid, call.call_id)
     relay.prompt("Can I talk to a person?")
     assert relay.answer() == [{"type": "text", "token": TRANSFER_NOTICE, "last": True}]
@@ -406,19 +433,88 @@ def test_transfer_call_ends_the_session_and_the_action_dials_the_transfer_number
     assert action.status_code == 200, action.text
     dial = ET.fromstring(action.text).find("Dial")  # noqa: S314 - our own TwiML
     assert dial is not None and dial.text == transfer_to
+    assert hang_up(client, call).end_reason == "transferred"
 
 
 def test_end_call_without_words_says_goodbye(
-    server: str, llm: FakeLLM, tenant: TenantFixture
+    client: TestClient, server: str, llm: FakeLLM, tenant: TenantFixture
 ) -> None:
     call = create_ringing_call(tenant.id)
     llm.push(Script(tokens=[], tool_call=("end_call", {})))
-    relay = open_relay(server)
+    relay = open_relay(server, call.call_id)
     relay.setup(call.call_sid, call.call_id)
     relay.prompt("Bye.")
     assert relay.answer() == [{"type": "text", "token": GOODBYE, "last": True}]
     assert relay.recv() == {"type": "end", "handoffData": json.dumps({"reason": "end_call"})}
     relay.ws.close()
+    # Until Twilio's final status the call has no end_reason; then the agent's hang-up is it.
+    assert stored_call(tenant.id, call.call_id).end_reason is None
+    ended = hang_up(client, call)
+    assert (ended.status, ended.end_reason) == ("completed", "agent_hangup")
+
+
+def test_a_caller_hanging_up_is_caller_hangup(
+    client: TestClient, server: str, llm: FakeLLM, tenant: TenantFixture
+) -> None:
+    call = create_ringing_call(tenant.id)
+    llm.push(Script.text("Sure."))
+    relay = open_relay(server, call.call_id)
+    relay.setup(call.call_sid, call.call_id)
+    relay.prompt("Hello?")
+    assert spoken(relay.answer()) == "Sure."
+    relay.ws.close()
+    ended = hang_up(client, call)
+    assert (ended.status, ended.end_reason) == ("completed", "caller_hangup")
+
+
+def test_drill_relay_socket_dropped_ends_through_the_status_callback_metered_once(
+    client: TestClient, server: str, llm: FakeLLM, tenant: TenantFixture, owner_engine: Any
+) -> None:
+    """Fault drill: the relay socket is dropped mid-answer (no close frame); Twilio reports the
+    session failed, then sends its final status, twice."""
+    call = create_ringing_call(tenant.id)
+    llm.push(Script(tokens=["One", " moment"], stall_after_tokens=1))
+    relay = open_relay(server, call.call_id)
+    relay.setup(call.call_sid, call.call_id)
+    relay.prompt("Hello?")
+    assert relay.recv()["token"] == "One"
+    relay.ws.socket.close()  # the TCP connection dies: no close handshake
+    eventually(lambda: relay_protocol.live_sessions() == 0)
+    twilio_post(
+        client,
+        "/telephony/twilio/relay-action",
+        {"CallSid": call.call_sid, "SessionStatus": "failed", "ErrorCode": "64105"},
+    )
+    for _ in range(2):
+        ended = hang_up(client, call, duration=20)
+    assert (ended.status, ended.end_reason, ended.billable_minutes) == (
+        "completed",
+        "relay_error",
+        1,
+    )
+    assert count_tenant_rows(owner_engine, "usage_records", tenant.id) == 1
+    where = "event_type = 'call.ended'"
+    assert count_tenant_rows(owner_engine, "webhook_events", tenant.id, where) == 1
+    # What was sent before the drop is kept, as interrupted.
+    assert stored_turns(call)[-1][1:4] == ("agent", "One", True)
+
+
+def test_a_failed_relay_session_is_relay_error(
+    client: TestClient, server: str, llm: FakeLLM, tenant: TenantFixture
+) -> None:
+    call = create_ringing_call(tenant.id)
+    relay = open_relay(server, call.call_id)
+    relay.setup(call.call_sid, call.call_id)
+    eventually(lambda: stored_call(tenant.id, call.call_id).status == "in_progress")
+    relay.ws.close()
+    action = twilio_post(
+        client,
+        "/telephony/twilio/relay-action",
+        {"CallSid": call.call_sid, "SessionStatus": "failed", "ErrorCode": "64107"},
+    )
+    assert ET.fromstring(action.text).find("Hangup") is not None  # noqa: S314 - our own TwiML
+    ended = hang_up(client, call)
+    assert (ended.status, ended.end_reason) == ("completed", "relay_error")
 
 
 # --------------------------------------------------------------------------- failures and limits
@@ -437,7 +533,7 @@ def test_llm_failure_gets_an_apology_and_the_call_goes_on(
     monkeypatch.setattr(settings, "LLM_TIMEOUT_SECONDS", 0.3)
     call = create_ringing_call(tenant.id, greeting=None)
     llm.push(failure, Script.text("Back again."))
-    relay = open_relay(server)
+    relay = open_relay(server, call.call_id)
     relay.setup(call.call_sid, call.call_id)
     relay.prompt("Hello?")
     assert relay.answer() == [{"type": "text", "token": APOLOGY, "last": True}]
@@ -449,13 +545,41 @@ def test_llm_failure_gets_an_apology_and_the_call_goes_on(
     assert turns[1][4] is not None
 
 
+def test_drill_llm_stream_cut_mid_answer_apologises_and_the_call_goes_on(
+    server: str, llm: FakeLLM, tenant: TenantFixture
+) -> None:
+    """Fault drill: the LLM's connection drops after two tokens of an answer."""
+    call = create_ringing_call(tenant.id, greeting=None)
+    llm.push(
+        Script(tokens=["We open", " at", " nine", "."], cut_after_tokens=2), Script.text("Yes.")
+    )
+    relay = open_relay(server, call.call_id)
+    relay.setup(call.call_sid, call.call_id)
+    started = time.monotonic()
+    relay.prompt("When do you open?")
+    frames = relay.answer()
+    assert time.monotonic() - started < 3
+    assert spoken(frames) == "We open at " + APOLOGY
+    relay.prompt("Are you open on Sunday?")
+    assert spoken(relay.answer()) == "Yes."
+    relay.ws.close()
+    turns = eventually(lambda: len(stored_turns(call)) == 5 and stored_turns(call))
+    assert [turn[1:4] for turn in turns] == [
+        ("caller", "When do you open?", False),
+        ("agent", "We open at", True),
+        ("agent", APOLOGY, False),
+        ("caller", "Are you open on Sunday?", False),
+        ("agent", "Yes.", False),
+    ]
+
+
 def test_without_an_llm_the_caller_hears_the_apology(
     server: str, tenant: TenantFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(settings, "LLM_BASE_URL", None)
     reset_llm_client()
     call = create_ringing_call(tenant.id)
-    relay = open_relay(server)
+    relay = open_relay(server, call.call_id)
     relay.setup(call.call_sid, call.call_id)
     relay.prompt("Hello?")
     assert relay.answer() == [{"type": "text", "token": APOLOGY, "last": True}]
@@ -465,7 +589,11 @@ def test_without_an_llm_the_caller_hears_the_apology(
 
 
 def test_max_call_duration_ends_the_call(
-    server: str, llm: FakeLLM, tenant: TenantFixture, monkeypatch: pytest.MonkeyPatch
+    client: TestClient,
+    server: str,
+    llm: FakeLLM,
+    tenant: TenantFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     limits: list[int] = []
 
@@ -476,7 +604,7 @@ def test_max_call_duration_ends_the_call(
     monkeypatch.setattr(relay_protocol, "duration_limit", short_limit)
     call = create_ringing_call(tenant.id, max_call_duration_seconds=30)
     llm.push(Script(tokens=["Let", " me", " see"], stall_after_tokens=1))
-    relay = open_relay(server)
+    relay = open_relay(server, call.call_id)
     started = time.monotonic()
     relay.setup(call.call_sid, call.call_id)
     relay.prompt("Tell me everything.")
@@ -492,6 +620,7 @@ def test_max_call_duration_ends_the_call(
         ("agent", "Let", True),
         ("agent", TIME_LIMIT_GOODBYE, False),
     ]
+    assert hang_up(client, call).end_reason == "max_duration"
 
 
 def test_garbage_frames_are_ignored_and_the_session_survives(
@@ -499,7 +628,7 @@ def test_garbage_frames_are_ignored_and_the_session_survives(
 ) -> None:
     call = create_ringing_call(tenant.id)
     llm.push(Script.text("Still here."))
-    relay = open_relay(server)
+    relay = open_relay(server, call.call_id)
     relay.send("this is not json")  # before setup too
     relay.setup(call.call_sid, call.call_id)
     for frame in (
@@ -536,7 +665,7 @@ def test_two_sessions_do_not_wait_for_each_other(
     llm.responder = responder
     slow_call = create_ringing_call(tenant.id)
     fast_call = create_ringing_call(other_tenant.id)
-    slow, fast = open_relay(server), open_relay(server)
+    slow, fast = open_relay(server, slow_call.call_id), open_relay(server, fast_call.call_id)
     slow.setup(slow_call.call_sid, slow_call.call_id)
     fast.setup(fast_call.call_sid, fast_call.call_id)
     # Make sure both sessions are bound before timing.
@@ -567,34 +696,107 @@ def test_two_sessions_do_not_wait_for_each_other(
     fast.ws.close()
 
 
-def test_a_reconnect_resumes_the_conversation(
-    server: str, llm: FakeLLM, tenant: TenantFixture
+def test_a_second_socket_for_a_live_call_is_closed_and_changes_nothing(
+    server: str, llm: FakeLLM, tenant: TenantFixture, owner_engine: Any
 ) -> None:
     call = create_ringing_call(tenant.id, greeting="Hello!")
     llm.push(Script.text("First answer."))
-    first = open_relay(server)
+    first = open_relay(server, call.call_id)
     first.setup(call.call_sid, call.call_id)
     first.prompt("One.")
-    first.answer()
-    first.ws.close()
-    # The first session is over once its post-call summary is written.
-    eventually(lambda: relay_protocol.live_sessions() == 0)
-    assert len(stored_turns(call)) == 3
-    llm.push(Script.text("Second answer."))
+    assert spoken(first.answer()) == "First answer."
+    bound = stored_call(tenant.id, call.call_id)
 
-    second = open_relay(server)
+    # The same signed URL and setup again (a replay, or a second Twilio connection).
+    second = open_relay(server, call.call_id)
     second.setup(call.call_sid, call.call_id)
-    second.prompt("Two.")
-    assert spoken(second.answer()) == "Second answer."
-    assert llm_messages(llm)[1:] == [
-        ("assistant", "Hello!"),
-        ("user", "One."),
-        ("assistant", "First answer."),
-        ("user", "Two."),
-    ]
-    second.ws.close()
+    second.expect_closed(1008)
+    assert stored_call(tenant.id, call.call_id).updated_at == bound.updated_at
+    assert (
+        count_tenant_rows(owner_engine, "webhook_events", tenant.id, "event_type = 'call.started'")
+        == 1
+    )
+
+    # The first session goes on undisturbed.
+    llm.push(Script.text("Second answer."))
+    first.prompt("Two.")
+    assert spoken(first.answer()) == "Second answer."
+    first.ws.close()
     turns = eventually(lambda: len(stored_turns(call)) == 5 and stored_turns(call))
     assert [seq for seq, *_ in turns] == [1, 2, 3, 4, 5]
+
+
+def test_of_two_sockets_racing_for_one_call_exactly_one_wins(
+    server: str, tenant: TenantFixture
+) -> None:
+    for _ in range(3):
+        call = create_ringing_call(tenant.id, greeting="Hello!")
+        relays = [open_relay(server, call.call_id) for _ in range(4)]
+        threads = [
+            threading.Thread(target=relay.setup, args=(call.call_sid, call.call_id))
+            for relay in relays
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        closed = 0
+        for relay in relays:
+            try:
+                relay.ws.recv(timeout=1.0)
+            except TimeoutError:
+                continue  # the owner: open, waiting for the caller
+            except ConnectionClosed:
+                closed += 1
+        assert closed == 3
+        assert [turn[1:3] for turn in stored_turns(call)] == [("agent", "Hello!")]
+
+
+def test_a_captured_handshake_opens_no_other_call(server: str, tenant: TenantFixture) -> None:
+    mine, theirs = create_ringing_call(tenant.id), create_ringing_call(tenant.id)
+    # The socket URL and signature of my call, with a setup naming another call.
+    relay = open_relay(server, mine.call_id)
+    relay.setup(theirs.call_sid, theirs.call_id)
+    relay.expect_closed(1008)
+    # No token, or a forged one, opens nothing either.
+    for token in (None, "0" * 32):
+        relay = open_relay(server, token=token)
+        relay.setup(theirs.call_sid, theirs.call_id)
+        relay.expect_closed(1008)
+    assert stored_call(tenant.id, theirs.call_id).status == "ringing"
+
+
+def test_a_call_whose_tenant_was_suspended_while_it_rang_is_not_handed_to_the_agent(
+    client: TestClient, server: str, llm: FakeLLM, admin_headers: dict[str, str]
+) -> None:
+    from tests.helpers import create_tenant
+
+    tenant = create_tenant(plan="pro")
+    call = create_ringing_call(tenant.id)
+    suspended = client.patch(
+        f"/api/v1/tenants/{tenant.id}", json={"status": "suspended"}, headers=admin_headers
+    )
+    assert suspended.status_code == 200, suspended.text
+    relay = open_relay(server, call.call_id)
+    relay.setup(call.call_sid, call.call_id)
+    relay.expect_closed(1008)
+    assert stored_turns(call) == [] and llm.requests == []
+    ended = hang_up(client, call)
+    assert (ended.status, ended.end_reason) == ("completed", "tenant_suspended")
+
+
+def test_a_turn_with_characters_postgresql_refuses_is_cleaned_not_lost(
+    server: str, llm: FakeLLM, tenant: TenantFixture
+) -> None:
+    call = create_ringing_call(tenant.id, greeting=None)
+    llm.push(Script.text("Fine."))
+    relay = open_relay(server, call.call_id)
+    relay.setup(call.call_sid, call.call_id)
+    relay.send('{"type": "prompt", "voicePrompt": "a\\u0000b\\ud800c", "last": true}')
+    assert spoken(relay.answer()) == "Fine."
+    relay.ws.close()
+    turns = eventually(lambda: len(stored_turns(call)) == 2 and stored_turns(call))
+    assert [turn[1:3] for turn in turns] == [("caller", "ab\ufffdc"), ("agent", "Fine.")]
 
 
 # --------------------------------------------------------------------------- who may connect
@@ -644,7 +846,7 @@ def test_an_unknown_call_is_closed(server: str, tenant: TenantFixture) -> None:
         (call.call_sid, "not-a-uuid"),
         ("", call.call_id),
     ):
-        relay = open_relay(server)
+        relay = open_relay(server, call_id)
         relay.setup(call_sid, call_id)
         relay.expect_closed()
     assert stored_call(tenant.id, call.call_id).status == "ringing"
@@ -655,10 +857,10 @@ def test_a_foreign_call_is_closed_and_left_untouched(
 ) -> None:
     mine = create_ringing_call(tenant.id)
     theirs = create_ringing_call(other_tenant.id)
-    relay = open_relay(server)
+    relay = open_relay(server, theirs.call_id)
     relay.setup(mine.call_sid, theirs.call_id)  # another tenant's call id with my CallSid
     relay.expect_closed()
-    relay = open_relay(server)
+    relay = open_relay(server, mine.call_id)
     relay.setup(theirs.call_sid, mine.call_id)
     relay.expect_closed()
     for call in (mine, theirs):
@@ -672,7 +874,7 @@ def test_a_finished_call_cannot_be_bound(server: str, tenant: TenantFixture) -> 
         row = session.get(Call, call.call_id)
         assert row is not None
         row.status = "completed"
-    relay = open_relay(server)
+    relay = open_relay(server, call.call_id)
     relay.setup(call.call_sid, call.call_id)
     relay.expect_closed()
     assert stored_turns(call) == []

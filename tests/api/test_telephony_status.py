@@ -59,6 +59,20 @@ def _call(client: TestClient, tenant: TenantFixture, call_id: uuid.UUID) -> dict
     return response.json()
 
 
+def _backdate(engine: Engine, call_id: uuid.UUID, seconds: int = 7200) -> None:
+    """Move the call's creation and answer `seconds` into the past: reported durations are
+    capped to the wall time since the answer."""
+    with engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        conn.execute(
+            text(
+                "UPDATE calls SET created_at = created_at - make_interval(secs => :s),"
+                " answered_at = answered_at - make_interval(secs => :s) WHERE id = :id"
+            ),
+            {"s": seconds, "id": call_id},
+        )
+
+
 def _usage(engine: Engine, tenant_id: uuid.UUID) -> list[tuple[str, int]]:
     with engine.begin() as conn:
         conn.execute(text("SELECT set_config('app.system', 'on', true)"))
@@ -95,6 +109,8 @@ def test_a_call_moves_forward_and_ends_once_with_its_minutes(
     _status(client, sid, "in-progress")
     answered = _call(client, tenant, call_id)
     assert answered["status"] == "in_progress" and answered["answered_at"] is not None
+    _backdate(owner_engine, call_id)
+    answered = _call(client, tenant, call_id)
 
     _status(client, sid, "completed", 61)
     ended = _call(client, tenant, call_id)
@@ -158,6 +174,7 @@ def test_billable_minutes(
     sid, call_id = _ring(client, tenant)
     if answered:
         _status(client, sid, "in-progress")
+    _backdate(owner_engine, call_id)
     _status(client, sid, final, duration)
     call = _call(client, tenant, call_id)
     assert (call["status"], call["billable_minutes"]) == (status, billable)
@@ -320,3 +337,60 @@ def test_a_signature_over_the_url_with_its_default_port_is_accepted(
     response = twilio_post(client, STATUS, params, signed_url=with_port)
     assert response.status_code == 200
     assert _call(client, tenant, call_id)["status"] == "in_progress"
+
+
+# --------------------------------------------------------------------------- end_reason, durations
+
+
+@pytest.mark.parametrize(
+    ("twilio_status", "status", "end_reason"),
+    [
+        ("completed", "completed", "caller_hangup"),
+        ("busy", "busy", "busy"),
+        ("no-answer", "no_answer", "no_answer"),
+        ("failed", "failed", "failed"),
+        ("canceled", "canceled", "canceled"),
+    ],
+)
+def test_every_ended_call_has_its_end_reason(
+    client: TestClient, tenant: TenantFixture, twilio_status: str, status: str, end_reason: str
+) -> None:
+    sid, call_id = _ring(client, tenant)
+    _status(client, sid, twilio_status)
+    call = _call(client, tenant, call_id)
+    assert (call["status"], call["end_reason"]) == (status, end_reason)
+    # A repeated or different late callback changes nothing.
+    _status(client, sid, "busy")
+    assert _call(client, tenant, call_id)["end_reason"] == end_reason
+
+
+@pytest.mark.parametrize("duration", ["2000000000", "999999", "86400", "7200"])
+def test_a_duration_longer_than_the_call_is_capped(
+    client: TestClient, tenant: TenantFixture, owner_engine: Engine, duration: str
+) -> None:
+    sid, call_id = _ring(client, tenant)
+    _status(client, sid, "in-progress")
+    response = twilio_post(
+        client, STATUS, {"CallSid": sid, "CallStatus": "completed", "CallDuration": duration}
+    )
+    assert response.status_code == 200
+    call = _call(client, tenant, call_id)
+    # Answered a moment ago: at most the wall time since then plus a minute.
+    assert call["status"] == "completed"
+    assert 0 <= call["duration_seconds"] <= 61
+    assert call["billable_minutes"] in (0, 1, 2)
+    assert sum(minutes for _, minutes in _usage(owner_engine, tenant.id)) <= 2
+
+
+@pytest.mark.parametrize("duration", ["-5", "1e9", "12.5", "\u0661\u0662", "", "NaN", "9" * 400])
+def test_any_call_duration_ends_the_call_without_a_500(
+    client: TestClient, tenant: TenantFixture, duration: str
+) -> None:
+    sid, call_id = _ring(client, tenant)
+    response = twilio_post(
+        client, STATUS, {"CallSid": sid, "CallStatus": "completed", "CallDuration": duration}
+    )
+    assert response.status_code == 200
+    call = _call(client, tenant, call_id)
+    assert call["status"] == "completed" and call["end_reason"] == "caller_hangup"
+    assert call["duration_seconds"] is not None and call["duration_seconds"] <= 61

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
 
 from app.config.settings import settings
+from app.telephony.urls import relay_token
 from tests.helpers import (
     TenantFixture,
     count_tenant_rows,
@@ -84,7 +85,6 @@ def test_routed_call_gets_conversation_relay_and_appears_only_in_its_tenant(
     assert connect.get("action") == f"{BASE}/telephony/twilio/relay-action"
     relay = connect.find("ConversationRelay")
     assert relay is not None
-    assert relay.get("url") == "wss://" + BASE.split("://", 1)[1] + "/telephony/twilio/relay"
     assert relay.get("welcomeGreeting") == "Hi, Acme Dental here & ready <3"
     assert relay.get("language") == "fr-FR"
     assert relay.get("voice") == "Polly.Lea"
@@ -93,6 +93,9 @@ def test_routed_call_gets_conversation_relay_and_appears_only_in_its_tenant(
     row = _call_row(owner_engine, params["CallSid"])
     assert row is not None
     assert parameters == {"call_id": str(row["id"])}
+    # The relay URL carries this call's token (the handshake is signed over it).
+    relay_url = "wss://" + BASE.split("://", 1)[1] + "/telephony/twilio/relay"
+    assert relay.get("url") == f"{relay_url}?token={relay_token(row['id'])}"
     assert row["tenant_id"] == tenant.id
     assert row["status"] == "ringing"
     assert row["direction"] == "inbound"

@@ -90,6 +90,7 @@ class Script:
     * ``status``: an HTTP status >= 400 answers with an OpenAI-style error body instead.
     * ``hang``: never send anything (not even headers) until the client goes away.
     * ``stall_after_tokens``: send this many tokens, then go silent without ending.
+    * ``cut_after_tokens``: send this many tokens, then drop the connection mid-stream.
     * ``finish_reason``: defaults to ``"tool_calls"`` when tool calls are emitted, else
       ``"stop"``.
     """
@@ -104,6 +105,7 @@ class Script:
     error_type: str | None = None
     hang: bool = False
     stall_after_tokens: int | None = None
+    cut_after_tokens: int | None = None
     finish_reason: str | None = None
 
     @classmethod
@@ -546,6 +548,9 @@ class FakeLLM:
                 await state.abort.wait()
                 await finish()
                 return
+            if script.cut_after_tokens is not None and tokens_sent >= script.cut_after_tokens:
+                # The server drops the connection: the chunked body never ends.
+                raise ConnectionResetError("fake LLM: stream cut")
             data = role + payload if position == 0 else payload
             await send({"type": "http.response.body", "body": data, "more_body": True})
             if is_token:

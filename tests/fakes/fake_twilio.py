@@ -246,6 +246,24 @@ class FakeTwilio:
         with self._state.lock:
             self._state.failures.append(_Failure(status, code, message))
 
+    def put_call(self, sid: str, status: str, *, duration: int | None = None) -> None:
+        """Have Twilio know call `sid` in `status` (as GET Calls/{sid} then reports it)."""
+        now = _now_rfc2822()
+        with self._state.lock:
+            self._state.calls[sid] = {
+                "sid": sid,
+                "account_sid": self.account_sid,
+                "status": status,
+                "duration": None if duration is None else str(duration),
+                "date_created": now,
+                "date_updated": now,
+                "start_time": now,
+                "end_time": now if status not in ("queued", "ringing", "in-progress") else None,
+                "direction": "inbound",
+                "from": "+14155550100",
+                "to": "+14155550101",
+            }
+
     def stall_calls(self) -> threading.Event:
         """Make call creation wait (as a slow Twilio would) until the returned event is set."""
         released = threading.Event()

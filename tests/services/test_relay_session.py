@@ -21,6 +21,7 @@ from app.models import CallTurn, Tenant
 from app.services.relay import HeardTurn, NewTurn, store_transcript
 from app.services.telephony import telephony_scope
 from app.telephony.relay import APOLOGY, RelaySession
+from app.telephony.urls import relay_token
 from tests.fakes.fake_llm import FakeLLM, Script
 from tests.helpers import RingingCall, TenantFixture, create_ringing_call
 
@@ -52,6 +53,8 @@ class Harness:
         self.session = RelaySession(send, llm=lambda: self.client, **options)
 
     async def setup(self, call: RingingCall) -> None:
+        # Twilio opened the socket on the call's relay URL, with its token.
+        self.session.url_token = relay_token(call.call_id)
         await self.message(
             type="setup", callSid=call.call_sid, customParameters={"call_id": str(call.call_id)}
         )
@@ -212,6 +215,9 @@ class TimedStore:
 
     def store_summary(self, scope: Any, call_id: Any, summary: str) -> None:
         self._real.store_summary(scope, call_id, summary)
+
+    def store_end_reason(self, scope: Any, call_id: Any, reason: Any) -> None:
+        self._real.store_end_reason(scope, call_id, reason)
 
 
 def _first_text_at(harness: Harness, sent_at: list[float]) -> float:

@@ -388,6 +388,7 @@ def test_a_calls_relay_twiml_is_the_profiles_document_with_its_id(
 
     from app.config.settings import settings
     from app.services.telephony import AnsweringProfile, relay_twiml
+    from app.telephony.urls import relay_token
     from tests.helpers import twilio_urls
 
     profile = AnsweringProfile(uuid.uuid4(), greeting, "en-GB", voice)
@@ -398,7 +399,7 @@ def test_a_calls_relay_twiml_is_the_profiles_document_with_its_id(
     assert urls.relay_action == public_url(base, "/telephony/twilio/relay-action", "")
     for call_id in (uuid.uuid4(), uuid.uuid4()):
         assert relay_twiml(call_id, profile, urls) == twiml.conversation_relay(
-            ws_url=urls.relay,
+            ws_url=f"{urls.relay}?token={relay_token(call_id)}",
             welcome_greeting=greeting or None,
             language="en-GB",
             voice=voice or None,
