@@ -186,7 +186,7 @@ def main() -> int:
         "LOG_FORMAT": "json",
         # The voice phase admits thousands of calls that never open a socket; the per-process
         # cap would refuse them with a cheap 503 and the row would measure refusals.
-        "MAX_LIVE_CALLS_PER_PROCESS": "1000000",
+        "MAX_LIVE_CALLS_PER_PROCESS": "100000",
         # The limiter counts every request, as in production, at limits the load never reaches.
         "RATE_LIMIT_PER_MINUTE": "100000000",
         "RATE_LIMIT_TENANT_PER_MINUTE": "100000000",
