@@ -29,16 +29,17 @@ from app.webhooks.sender import DeliveryResult
 from app.worker import WebhookWorker
 from tests.fakes.receiver import Reply, WebhookReceiver
 from tests.helpers import TenantFixture
-from tests.services.test_webhook_worker import (  # noqa: F401 - fixtures
-    _attempts,
-    _deliveries,
-    _delivery,
-    _emit,
-    empty_outbox,
-    endpoint,
-    make_worker,
-    receiver,
-)
+from tests.services import test_webhook_worker as worker_tests
+
+# The webhook worker tests' fixtures and helpers (an empty outbox per test, a verifying receiver).
+empty_outbox = worker_tests.empty_outbox
+endpoint = worker_tests.endpoint
+make_worker = worker_tests.make_worker
+receiver = worker_tests.receiver
+_attempts = worker_tests._attempts
+_deliveries = worker_tests._deliveries
+_delivery = worker_tests._delivery
+_emit = worker_tests._emit
 
 
 # The owner role is under RLS too (FORCE): the raw tables, every tenant's rows.
@@ -112,13 +113,15 @@ def test_no_secret_is_stored_in_plaintext(
     assert replay.json()["secret"] == first
 
     # The database refuses plaintext written after migration 0017 (legacy rows are grandfathered).
-    with pytest.raises(Exception, match="ck_webhook_endpoints_secret_encrypted"):
-        with owner_engine.begin() as conn:
-            conn.execute(SYSTEM)
-            conn.execute(
-                text("UPDATE webhook_endpoints SET secret = :s WHERE id = :e"),
-                {"s": first, "e": created.json()["id"]},
-            )
+    with (
+        pytest.raises(Exception, match="ck_webhook_endpoints_secret_encrypted"),
+        owner_engine.begin() as conn,
+    ):
+        conn.execute(SYSTEM)
+        conn.execute(
+            text("UPDATE webhook_endpoints SET secret = :s WHERE id = :e"),
+            {"s": first, "e": created.json()["id"]},
+        )
 
 
 def test_legacy_plaintext_is_read_and_then_encrypted() -> None:
@@ -194,7 +197,7 @@ def _counts(owner_engine: Engine) -> tuple[int, int, int]:
         conn.execute(SYSTEM)
         conn.execute(SYSTEM)
         return tuple(  # type: ignore[return-value]
-            conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+            conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()  # noqa: S608
             for table in ("webhook_events", "webhook_deliveries", "webhook_delivery_attempts")
         )
 
