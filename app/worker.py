@@ -35,6 +35,7 @@ from app.services.billing import PeriodCloser
 from app.services.events import NOTIFY_CHANNEL
 from app.services.idempotency import prune_expired
 from app.services.reconciliation import Reconciler
+from app.webhooks import retention
 from app.webhooks.delivery import (
     ClaimedDelivery,
     DeliveryOutcome,
@@ -60,6 +61,8 @@ _MAX_RECORD_BATCH = 500
 _RECORD_LINGER_SECONDS = 0.01
 # Idempotency-Keys live 24 hours; the worker deletes the expired ones this often.
 PRUNE_INTERVAL_SECONDS = 600.0
+# Delivered webhooks older than WEBHOOK_RETENTION_DAYS: a few short batches this often.
+RETENTION_INTERVAL_SECONDS = 60.0
 
 
 class WebhookWorker:
@@ -148,11 +151,15 @@ class WebhookWorker:
         listener: psycopg.Connection[Any] | None = None
         next_listen_attempt = 0.0
         next_prune = 0.0
+        next_retention = 0.0
         try:
             while not self._stop.is_set():
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
                     _prune_idempotency_keys()
+                if time.monotonic() >= next_retention:
+                    next_retention = time.monotonic() + RETENTION_INTERVAL_SECONDS
+                    _purge_expired_webhooks()
                 if listener is None and time.monotonic() >= next_listen_attempt:
                     listener = self._listen()
                     if listener is None:
@@ -374,6 +381,16 @@ def _prune_idempotency_keys() -> None:
         prune_expired()
     except Exception:
         logger.exception("pruning expired idempotency keys failed")
+
+
+def _purge_expired_webhooks() -> None:
+    try:
+        deliveries, events = retention.purge_expired()
+    except Exception:
+        logger.exception("deleting expired webhook deliveries failed")
+        return
+    if deliveries or events:
+        logger.info("expired webhooks deleted", extra={"deliveries": deliveries, "events": events})
 
 
 def main() -> int:

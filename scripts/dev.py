@@ -7,6 +7,7 @@ Without DATABASE_URL the embedded PostgreSQL (pgserver, data in .data/) is start
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import secrets
 import signal
@@ -36,6 +37,16 @@ def _dev_secret(name: str) -> str:
     return path.read_text().strip()
 
 
+def _dev_encryption_key() -> str:
+    """A Fernet key generated once per clone and kept in .data/ (owner-readable only)."""
+    path = DATA_DIR / "dev-encryption-key"
+    if not path.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        path.write_text(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def configured_environment() -> dict[str, str]:
     """What the user chose: `.env`, overridden by the environment."""
     configured = {k: v for k, v in dotenv_values(ROOT / ".env").items() if v is not None}
@@ -55,6 +66,7 @@ def build_environment(configured: dict[str, str], database: DatabaseUrls | None)
         "ADMIN_API_KEY": configured.get("ADMIN_API_KEY") or _dev_secret("dev-admin-key"),
         "PUBLIC_BASE_URL": f"http://localhost:{port}",
         "WEBHOOK_ALLOW_PRIVATE_URLS": "true",
+        "ENCRYPTION_KEYS": configured.get("ENCRYPTION_KEYS") or _dev_encryption_key(),
         "LOG_FORMAT": "console",
     }
     if not configured.get("TWILIO_ACCOUNT_SID") and not configured.get("TWILIO_AUTH_TOKEN"):

@@ -7,6 +7,7 @@ Settings are read at import, so the environment is set here before any `app` mod
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import warnings
@@ -22,6 +23,8 @@ ADMIN_KEY = "test-admin-" + secrets.token_urlsafe(32)
 TWILIO_ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 TWILIO_AUTH_TOKEN = "test-twilio-auth-token-" + secrets.token_hex(8)
 PUBLIC_BASE_URL = "https://vca.example.test"
+# A Fernet key (32 url-safe base64 bytes): webhook secrets are encrypted with it.
+ENCRYPTION_KEY = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 os.environ.update(
     {
@@ -34,6 +37,7 @@ os.environ.update(
         "TWILIO_ACCOUNT_SID": TWILIO_ACCOUNT_SID,
         "TWILIO_AUTH_TOKEN": TWILIO_AUTH_TOKEN,
         "WEBHOOK_ALLOW_PRIVATE_URLS": "true",
+        "ENCRYPTION_KEYS": ENCRYPTION_KEY,
         "LOG_LEVEL": "WARNING",
         "LOG_FORMAT": "console",
         # The suite sends thousands of requests a minute with a few keys; tests/api/test_rate_limits.py

@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     close.add_argument("period", help="the month, YYYY-MM, in each tenant's timezone")
     close.add_argument("--tenant", help="one tenant's slug (default: every tenant)")
 
+    rotate = command(
+        "rotate-encryption-key",
+        "re-encrypt every stored webhook secret with the first key of ENCRYPTION_KEYS",
+        "encryption",
+    )
+    rotate.add_argument("--batch-size", type=int, default=100, help="endpoints per transaction")
+
     talk = command(
         "talk",
         "call a number of a running server as Twilio would, and talk to its agent by typing",

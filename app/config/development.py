@@ -35,6 +35,8 @@ KEPT = (
     "TWILIO_AUTH_TOKEN",
     "TWILIO_API_BASE_URL",
     "WEBHOOK_ALLOW_PRIVATE_URLS",
+    # The CLI's rotate-encryption-key reads and writes webhook secrets.
+    "ENCRYPTION_KEYS",
 )
 
 

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from app.config.development import DEVELOPMENT_ACCOUNT_SID
+from app.crypto import GENERATE_HINT, development_key, parse_keys
 
 PLACEHOLDER_MARKERS = (
     "changeme",
@@ -83,6 +84,10 @@ class Settings(BaseSettings):
     # On SIGTERM, how long live calls may go on before the process stops anyway.
     DRAIN_TIMEOUT_SECONDS: float = Field(default=300.0, ge=0, le=86_400)
     WEBHOOK_ALLOW_PRIVATE_URLS: bool = False
+    # Delivered events, finished deliveries and their attempts are deleted this long after.
+    WEBHOOK_RETENTION_DAYS: int = Field(default=30, ge=1, le=3650)
+    # Fernet keys, comma-separated: the first encrypts, all decrypt (app/crypto.py).
+    ENCRYPTION_KEYS: str | None = None
     CORS_ORIGINS: str = ""
     # memory:// counts per process; redis://host:6379/0 shares the counts between processes.
     RATE_LIMIT_STORAGE_URL: str = "memory://"
@@ -121,6 +126,13 @@ class Settings(BaseSettings):
             raise ValueError("must be memory:// or a redis://, rediss:// or redis+sentinel:// URL")
         return value
 
+    @field_validator("ENCRYPTION_KEYS")
+    @classmethod
+    def _fernet_keys(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return ",".join(parse_keys(value))
+
     @field_validator("LOG_LEVEL")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -138,6 +150,11 @@ class Settings(BaseSettings):
             for name in ("PUBLIC_BASE_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
                 if not getattr(self, name):
                     raise ValueError(f"{name}: is required when APP_ENV={self.APP_ENV.value}")
+            if not self.ENCRYPTION_KEYS:
+                raise ValueError(
+                    f"ENCRYPTION_KEYS: is required when APP_ENV={self.APP_ENV.value} (webhook "
+                    f"secrets are encrypted with it); {GENERATE_HINT}"
+                )
             for name in ("ADMIN_API_KEY", "TWILIO_AUTH_TOKEN"):
                 if _looks_like_placeholder(getattr(self, name)):
                     raise ValueError(
@@ -157,6 +174,14 @@ class Settings(BaseSettings):
     @property
     def migration_database_url(self) -> str:
         return self.MIGRATION_DATABASE_URL or self.DATABASE_URL
+
+    @property
+    def encryption_keys(self) -> list[str]:
+        """ENCRYPTION_KEYS, first one first; unset (development and test only), a key derived
+        from ADMIN_API_KEY, stable across restarts."""
+        if self.ENCRYPTION_KEYS:
+            return self.ENCRYPTION_KEYS.split(",")
+        return [development_key(self.ADMIN_API_KEY)]
 
     @property
     def is_production(self) -> bool:

@@ -65,6 +65,12 @@ class WebhookDelivery(TenantOwned, Base):
             "lease_expires_at",
             postgresql_where=text("status = 'delivering'"),
         ),
+        # The worker's retention (app/webhooks/retention.py): finished ones, oldest first.
+        Index(
+            "ix_webhook_deliveries_finished",
+            "updated_at",
+            postgresql_where=text("status IN ('succeeded', 'dead')"),
+        ),
     )
 
     endpoint_id: Mapped[uuid.UUID]

@@ -26,7 +26,9 @@ class WebhookEndpoint(TenantOwned, Base):
     )
     enabled: Mapped[bool] = mapped_column(default=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(200))
-    # Kept readable because every delivery is signed with it (HMAC needs the key itself).
+    # Encrypted (app/crypto.py, ENCRYPTION_KEYS), not hashed: every delivery is signed with it
+    # and HMAC needs the key itself. Rows written before migration 0017 may hold plaintext until
+    # `python -m app.cli rotate-encryption-key` encrypts them.
     secret: Mapped[str] = mapped_column(Text)
     # After a rotation the old secret also signs for a grace period, so receivers can switch over.
     previous_secret: Mapped[str | None] = mapped_column(Text)

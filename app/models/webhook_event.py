@@ -13,6 +13,8 @@ class WebhookEvent(TenantOwned, Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "id"),
         Index("ix_webhook_events_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
+        # The worker's retention across tenants (app/webhooks/retention.py).
+        Index("ix_webhook_events_created_at", "created_at"),
     )
 
     event_type: Mapped[str] = mapped_column(String(64))

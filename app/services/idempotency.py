@@ -28,6 +28,7 @@ from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from app import crypto
 from app.config.database import system_scope, transaction
 from app.errors import Conflict, InvalidInput
 from app.models import AdminIdempotencyKey, IdempotencyKey
@@ -107,7 +108,12 @@ class Claim:
             for name, value in headers
             if name.lower() not in _UNSTORED_HEADERS
         ]
-        values = {"status_code": status_code, "response_headers": stored, "response_body": body}
+        # Encrypted: a webhook's create / rotate-secret response holds its secret in plaintext.
+        values = {
+            "status_code": status_code,
+            "response_headers": stored,
+            "response_body": crypto.encrypt_bytes(body),
+        }
         table = self._table
         with transaction(self.tenant_id) as session:
             done = session.execute(
@@ -196,7 +202,7 @@ def claim(
     raise StoredResponse(
         stored.status_code,
         [(name, value) for name, value in stored.response_headers or []],
-        stored.response_body or b"",
+        crypto.decrypt_bytes(stored.response_body or b""),
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app import crypto
 from app.config.settings import settings
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint, WebhookEvent
@@ -66,7 +67,7 @@ class WebhookService:
             description=data.description,
             event_types=list(data.event_types),
             enabled=data.enabled,
-            secret=secret,
+            secret=crypto.encrypt(secret),
         )
         self.session.add(endpoint)
         self.session.flush()
@@ -119,9 +120,10 @@ class WebhookService:
         with the previous secret, so a receiver can switch without rejecting anything."""
         endpoint = self._get_for_update(endpoint_id)
         secret = generate_secret()
-        endpoint.previous_secret = endpoint.secret
+        # Stored encrypted (a legacy plaintext one is encrypted on the way).
+        endpoint.previous_secret = crypto.reencrypt(endpoint.secret)
         endpoint.previous_secret_expires_at = utcnow() + SECRET_ROTATION_GRACE
-        endpoint.secret = secret
+        endpoint.secret = crypto.encrypt(secret)
         self.session.flush()
         return endpoint, secret
 
@@ -237,3 +239,21 @@ def _checked_url(url: str) -> str:
         )
     except UnsafeURLError as exc:
         raise UnsafeWebhookURL(f"The webhook URL is not allowed: {exc.reason}.") from exc
+
+
+def reencrypt_endpoint_secrets(
+    session: Session, tenant_id: uuid.UUID, *, after: uuid.UUID | None, limit: int
+) -> tuple[int, uuid.UUID | None]:
+    """Re-encrypt up to `limit` of the tenant's endpoints (ids after `after`) with the first key of
+    ENCRYPTION_KEYS, legacy plaintext included. Returns how many were rewritten and the last id
+    seen (None when there are no more). The rows stay locked only for the caller's transaction."""
+    statement = scoped(WebhookEndpoint, tenant_id).order_by(WebhookEndpoint.id).limit(limit)
+    if after is not None:
+        statement = statement.where(WebhookEndpoint.id > after)
+    endpoints = list(session.scalars(statement.with_for_update()))
+    for endpoint in endpoints:
+        endpoint.secret = crypto.reencrypt(endpoint.secret)
+        if endpoint.previous_secret is not None:
+            endpoint.previous_secret = crypto.reencrypt(endpoint.previous_secret)
+    session.flush()
+    return len(endpoints), endpoints[-1].id if len(endpoints) == limit else None

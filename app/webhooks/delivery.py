@@ -12,6 +12,7 @@ its lease expires: a worker killed mid-send loses nothing, another one sends it 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,12 +22,15 @@ from typing import Any, cast
 from sqlalchemy import Row, Table, func, insert, text, update
 from sqlalchemy.orm import Session
 
+from app import crypto
 from app.config.database import system_scope
 from app.config.settings import settings
 from app.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from app.services.scope import tenant_filter
-from app.webhooks.sender import DeliveryResult, post_webhook
+from app.webhooks.sender import DeliveryResult, post_webhook, storable_text
 from app.webhooks.signing import signed_headers
+
+logger = logging.getLogger("vca.webhooks")
 
 RETRY_DELAYS = tuple(
     timedelta(seconds=s) for s in (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
@@ -40,6 +44,7 @@ _MAX_ERROR_CHARS = 1000
 DISABLED_GONE = "The endpoint answered 410 Gone."
 DISABLED_FAILING = "Every delivery failed for 5 days."
 ENDPOINT_DISABLED_ERROR = "not sent: the endpoint is disabled"
+UNDECRYPTABLE_ERROR = "not sent: no key of ENCRYPTION_KEYS decrypts the endpoint's secret"
 
 
 @dataclass(frozen=True)
@@ -146,13 +151,21 @@ def claim_due_deliveries(
 
 
 def _claimed(row: Row[Any], *, now: datetime, lease_expires_at: datetime) -> ClaimedDelivery:
-    signing = [row.secret]
+    stored = [row.secret]
     if (
         row.previous_secret
         and row.previous_secret_expires_at
         and row.previous_secret_expires_at > now
     ):
-        signing.append(row.previous_secret)
+        stored.append(row.previous_secret)
+    try:
+        signing = [crypto.decrypt(secret) for secret in stored]
+    except crypto.SecretUnreadable:
+        # Not the whole claim's failure: this one is recorded as a failed attempt (see `send`).
+        logger.error(
+            "webhook secret unreadable with ENCRYPTION_KEYS", extra={"delivery_id": str(row.id)}
+        )
+        signing = []
     return ClaimedDelivery(
         id=row.id,
         tenant_id=row.tenant_id,
@@ -183,6 +196,14 @@ def can_send(claimed: ClaimedDelivery, *, now: datetime, timeout_seconds: float)
 def send(claimed: ClaimedDelivery, *, timeout_seconds: float) -> DeliveryResult:
     """One attempt: the stored body, byte for byte, signed with the endpoint's active secrets and
     POSTed (SSRF rules checked again, no redirects followed). Never raises."""
+    if not claimed.secrets:
+        return DeliveryResult(
+            status_code=None,
+            error=UNDECRYPTABLE_ERROR,
+            duration_ms=0,
+            retry_after_seconds=None,
+            response_body_excerpt="",
+        )
     return post_webhook(
         claimed.url,
         claimed.body.encode(),
@@ -291,9 +312,10 @@ def record_delivery_outcomes(
                 "delivery_id": claimed.id,
                 "attempt_number": claimed.attempt_number,
                 "status_code": result.status_code,
-                "error": result.error,
+                "error": storable_text(result.error) if result.error else None,
                 "duration_ms": result.duration_ms,
-                "response_excerpt": result.response_body_excerpt or None,
+                # Checked again here: whatever produced the result, it must not fail the batch.
+                "response_excerpt": storable_text(result.response_body_excerpt) or None,
                 "attempted_at": at,
             }
         )
@@ -404,7 +426,7 @@ def release_delivery(session: Session, claimed: ClaimedDelivery) -> bool:
 
 def _error_text(result: DeliveryResult) -> str | None:
     if result.error:
-        return result.error[:_MAX_ERROR_CHARS]
+        return storable_text(result.error)[:_MAX_ERROR_CHARS]
     if not result.ok and result.status_code is not None:
         return f"HTTP {result.status_code}"
     return None

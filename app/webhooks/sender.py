@@ -39,6 +39,7 @@ __all__ = [
     "close_shared_transports",
     "parse_retry_after",
     "post_webhook",
+    "storable_text",
 ]
 
 DEFAULT_TIMEOUT_SECONDS = 15.0
@@ -264,7 +265,7 @@ def _read_response(response: httpx.Response, *, started: float, deadline: float)
         received = _read_capped(response, deadline)
     finally:
         response.close()
-    excerpt = received.decode("utf-8", errors="replace")[:RESPONSE_EXCERPT_CHARS]
+    excerpt = storable_text(received.decode("utf-8", errors="replace"))[:RESPONSE_EXCERPT_CHARS]
     error = f"redirect not followed (HTTP {status})" if 300 <= status < 400 else None
     return DeliveryResult(
         status_code=status,
@@ -273,6 +274,13 @@ def _read_response(response: httpx.Response, *, started: float, deadline: float)
         retry_after_seconds=retry_after,
         response_body_excerpt=excerpt,
     )
+
+
+def storable_text(value: str) -> str:
+    """`value` as PostgreSQL text stores it: NUL (refused in text) as U+FFFD, like the invalid
+    UTF-8 already is, and lone surrogates too; one receiver's bytes must never fail the batch
+    of outcomes it is recorded with."""
+    return value.replace("\x00", "\ufffd").encode("utf-8", errors="replace").decode("utf-8")
 
 
 def _read_capped(response: httpx.Response, deadline: float) -> bytes:

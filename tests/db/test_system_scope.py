@@ -22,6 +22,8 @@ ALLOWED = {
     ("app/services/billing.py", "due_periods"),
     ("app/services/idempotency.py", "prune_expired"),  # the worker: keys past 24 hours
     ("app/webhooks/delivery.py", "claim_due_deliveries"),  # the worker's claim loop
+    # the worker: every tenant's finished deliveries and events past WEBHOOK_RETENTION_DAYS
+    ("app/webhooks/retention.py", "purge_expired"),
     # the worker: every tenant's calls whose final status callback was lost
     ("app/services/reconciliation.py", "claim_stale_calls"),
 }

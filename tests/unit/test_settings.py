@@ -22,6 +22,9 @@ PRODUCTION = {
     "TWILIO_ACCOUNT_SID": "AC" + "1" * 32,
     "TWILIO_AUTH_TOKEN": "9f8e7d6c5b4a39281706f5e4d3c2b1a0",
     "ADMIN_API_KEY": "Q7p2Zr9xLm4Wv8Ns3Jt6Yb1Hc5Dg0Fa-xK",
+    # Two Fernet keys (the first encrypts).
+    "ENCRYPTION_KEYS": "pUu0E1ivXTYq1lNvYBTlNeWCi4b5H9s6yDVuQm0rM3c=,"
+    "Xb3gIYyMSmhx8VfUcZ7Pq2jWK1eRt5nAoDLs9H4vGkE=",
 }
 
 
@@ -60,6 +63,7 @@ def test_missing_required_variable_stops_with_its_name(missing: str) -> None:
         ({"APP_ENV": "prod"}, "APP_ENV"),
         ({"LLM_TIMEOUT_SECONDS": "-1"}, "LLM_TIMEOUT_SECONDS"),
         ({"PUBLIC_BASE_URL": "voice.example.org"}, "PUBLIC_BASE_URL"),
+        ({"ENCRYPTION_KEYS": "not-a-fernet-key"}, "ENCRYPTION_KEYS"),
     ],
 )
 def test_bad_value_stops_with_its_name(override: dict[str, str], name: str) -> None:
@@ -82,6 +86,8 @@ def test_production_accepts_a_complete_safe_configuration() -> None:
         ({"TWILIO_AUTH_TOKEN": ""}, "TWILIO_AUTH_TOKEN"),
         ({"ADMIN_API_KEY": "changeme-changeme-changeme-changeme"}, "ADMIN_API_KEY"),
         ({"WEBHOOK_ALLOW_PRIVATE_URLS": "true"}, "WEBHOOK_ALLOW_PRIVATE_URLS"),
+        # Without keys webhook secrets could not be stored: production refuses to start.
+        ({"ENCRYPTION_KEYS": ""}, "ENCRYPTION_KEYS"),
     ],
 )
 def test_production_refuses_unsafe_settings(change: dict[str, str], name: str) -> None:
