@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.twiml_relay import relay_socket
+
 
 @dataclass
 class Counters:
@@ -91,7 +93,7 @@ async def _call(
     stats.calls_started += 1
     expected = stats.expected.setdefault(sid, [0, 0])
     answered_at = time.time()
-    ws_url = public.replace("http://", "ws://") + "/telephony/twilio/relay"
+    ws_url, local_ws_url = relay_socket(response.text, cfg["base"])
     length = rng.uniform(*cfg["call_seconds"])
     hang_up_at = min(time.perf_counter() + length, stop_at)
     current: Call | None = None
@@ -126,7 +128,7 @@ async def _call(
 
     try:
         async with websockets.connect(
-            cfg["base"].replace("http://", "ws://") + "/telephony/twilio/relay",
+            local_ws_url,
             additional_headers={"X-Twilio-Signature": validator.compute_signature(ws_url, {})},
             open_timeout=30,
             ping_interval=None,

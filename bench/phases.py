@@ -17,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench.twiml_relay import relay_socket
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,11 +77,11 @@ async def _relay_session(
         )
     twiml = response.text
     call_id = twiml.split('name="call_id" value="', 1)[1].split('"', 1)[0]
-    ws_url = env["PUBLIC_BASE_URL"].replace("http://", "ws://") + "/telephony/twilio/relay"
+    ws_url, local_ws_url = relay_socket(twiml, base)
     signature = validator.compute_signature(ws_url, {})
     arrivals: dict[str, float] = {}
     async with websockets.connect(
-        base.replace("http://", "ws://") + "/telephony/twilio/relay",
+        local_ws_url,
         additional_headers={"X-Twilio-Signature": signature},
     ) as ws:
         await ws.send(

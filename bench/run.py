@@ -25,6 +25,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography.fernet import Fernet
+
 warnings.filterwarnings("ignore", module="platformdirs")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,6 +183,7 @@ def main() -> int:
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "TWILIO_ACCOUNT_SID": "AC" + secrets.token_hex(16),
         "TWILIO_AUTH_TOKEN": secrets.token_hex(16),
+        "ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "WEBHOOK_ALLOW_PRIVATE_URLS": "true",
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "json",
