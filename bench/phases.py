@@ -286,6 +286,7 @@ def webhook_delivery(
     from sqlalchemy import delete
 
     from app.config.database import transaction
+    from app.crypto import encrypt
     from app.models import WebhookEndpoint
     from app.services.events import emit_event
     from tests.fakes.receiver import SubprocessWebhookReceiver
@@ -300,7 +301,7 @@ def webhook_delivery(
                 WebhookEndpoint(
                     tenant_id=tid,
                     url=receiver.url(),
-                    secret=secret,
+                    secret=encrypt(secret),  # stored encrypted, as the service stores it
                     event_types=[],
                     enabled=True,
                     description="bench",
