@@ -25,6 +25,7 @@ from tests.helpers import (
     apply_status_callback,
     count_tenant_rows,
     create_billing_tenant,
+    create_tenant,
     end_call_at,
 )
 
@@ -475,3 +476,26 @@ def test_the_worker_closes_each_tenants_previous_period_once(owner_engine: Engin
     finally:
         closer.stop()
         closer.join(timeout=30)
+
+
+def test_a_period_missing_inside_the_chain_is_opened_alone(owner_engine: Engine) -> None:
+    """Openers never leave a gap, but one found (rows removed by hand) must not send the opener
+    walking backwards from the first period: it opens the missing one, and only it."""
+    tenant = create_tenant(plan="pro")
+    with transaction(tenant.id) as session:
+        billing.open_period(session, tenant.id, "2026-09")
+        billing.open_period(session, tenant.id, "2026-11")
+    with owner_engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.system', 'on', true)"))
+        conn.execute(
+            text("DELETE FROM billing_periods WHERE tenant_id = :t AND period = '2026-10'"),
+            {"t": tenant.id},
+        )
+    with transaction(tenant.id) as session:
+        session.execute(text("SET LOCAL statement_timeout = '5s'"))
+        assert billing.open_period(session, tenant.id, "2026-10") is not None
+        periods = session.scalars(
+            text("SELECT period FROM billing_periods WHERE tenant_id = :t ORDER BY period"),
+            {"t": tenant.id},
+        ).all()
+    assert periods == ["2026-09", "2026-10", "2026-11"]

@@ -25,9 +25,14 @@ BEGIN
     ELSIF p_period > last_period THEN
         step := interval '1 month';
         label := to_char(to_date(last_period, 'YYYY-MM') + step, 'YYYY-MM');
-    ELSE
+    ELSIF p_period < first_period THEN
         step := interval '-1 month';
         label := to_char(to_date(first_period, 'YYYY-MM') + step, 'YYYY-MM');
+    ELSE
+        -- Missing inside the opened chain (a gap, which openers never leave), open it alone
+        -- rather than walk away from it for ever.
+        step := interval '1 month';
+        label := p_period;
     END IF;
     LOOP
         SELECT * INTO bounds FROM billing_period_bounds(p_tenant_id, label);
