@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import uuid
 
 from app.cli import CliError
-from app.cli.tenants import _find_tenant
-from app.config.database import transaction
+from app.cli.tenants import _find_tenant, all_tenant_ids
 from app.services import billing
-from app.services.tenants import TenantService
 
 
 def close_period(args: argparse.Namespace) -> int:
@@ -25,7 +22,7 @@ def close_period(args: argparse.Namespace) -> int:
             raise CliError(f"No tenant with slug {args.tenant!r}.")
         tenant_ids = [tenant.id]
     else:
-        tenant_ids = _all_tenant_ids()
+        tenant_ids = all_tenant_ids()
     not_ended = 0
     for tenant_id in tenant_ids:
         try:
@@ -43,15 +40,3 @@ def close_period(args: argparse.Namespace) -> int:
             f"{not_ended} tenant(s) not closed: their {period} has not ended plus an hour."
         )
     return 0
-
-
-def _all_tenant_ids() -> list[uuid.UUID]:
-    ids: list[uuid.UUID] = []
-    cursor = None
-    while True:
-        with transaction() as session:
-            page = TenantService(session).list(limit=100, cursor=cursor)
-        ids.extend(tenant.id for tenant in page.items)
-        if page.next_cursor is None:
-            return ids
-        cursor = page.next_cursor

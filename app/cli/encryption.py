@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from app.cli import CliError
-from app.cli.billing import _all_tenant_ids
+from app.cli.tenants import all_tenant_ids
 from app.config.database import transaction
 from app.crypto import SecretUnreadable
 from app.services.webhooks import reencrypt_endpoint_secrets
@@ -17,7 +17,7 @@ def rotate_encryption_key(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CliError("--batch-size must be at least 1.")
     total = 0
-    tenants = _all_tenant_ids()  # TenantService.list, under its pinned system scope
+    tenants = all_tenant_ids()
     for tenant_id in tenants:
         after = None
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import uuid
 from pathlib import Path
 
 from app.cli import CliError
@@ -71,3 +72,16 @@ def seed_demo(args: argparse.Namespace) -> int:
     id_file.write_text(f"{tenant.id}\n")
     print(f"Demo tenant id {tenant.id}; API key (shown once, saved in {key_file}): {key}")
     return 0
+
+
+def all_tenant_ids() -> list[uuid.UUID]:
+    """Every tenant's id, page by page through `TenantService.list` (its pinned system scope)."""
+    ids: list[uuid.UUID] = []
+    cursor = None
+    while True:
+        with transaction() as session:
+            page = TenantService(session).list(limit=100, cursor=cursor)
+        ids.extend(tenant.id for tenant in page.items)
+        if page.next_cursor is None:
+            return ids
+        cursor = page.next_cursor
