@@ -35,6 +35,8 @@ _SET_SYSTEM = text("SELECT set_config('app.system', 'on', true)")
 _CLEAR_SYSTEM = text("SELECT set_config('app.system', '', true)")
 # Where a session remembers its tenant, so every transaction of it is bound (see `bind_tenant`).
 _TENANT_KEY = "vca.tenant_id"
+# How many transactions of the session began, so `bind_tenant` sets the tenant once per transaction.
+_BEGINS = "vca.begins"
 
 
 def build_engine(url: str, *, pool_size: int, prepared_statements: bool) -> Engine:
@@ -94,13 +96,18 @@ def bind_tenant(session: Session, tenant_id: uuid.UUID, *, bound_by_sql: bool = 
     cross-tenant lookups do, to save a round trip); only later transactions need it set.
     """
     session.info[_TENANT_KEY] = tenant_id
-    if not bound_by_sql:
+    if bound_by_sql:
+        return
+    begins = session.info.get(_BEGINS, 0)
+    session.connection()  # a transaction that begins here is bound by `after_begin`
+    if session.info.get(_BEGINS, 0) == begins:  # it had begun unbound: bind it now
         session.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
 
 
 def _bind_new_transaction(session: Session, _: SessionTransaction, connection: Connection) -> None:
     """`after_begin`: a session bound to a tenant stays bound after a commit (outbound calls
     commit their reservation before they call Twilio)."""
+    session.info[_BEGINS] = session.info.get(_BEGINS, 0) + 1
     tenant_id = session.info.get(_TENANT_KEY)
     if tenant_id is not None:
         connection.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
