@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -42,7 +43,7 @@ class LiveCalls:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sessions: set[object] = set()
-        self._reserved: dict[uuid.UUID, float] = {}
+        self._reserved: OrderedDict[uuid.UUID, float] = OrderedDict()
         self._empty: asyncio.Event | None = None
         self.draining = False
         self.refused = 0
@@ -74,6 +75,7 @@ class LiveCalls:
         """Hold a slot for an admitted call until its socket binds (or the reservation ends)."""
         with self._lock:
             self._reserved[call_id] = time.monotonic() + RESERVATION_SECONDS
+            self._reserved.move_to_end(call_id)  # a retried webhook's slot: deadlines stay in order
 
     def add(self, session: object, call_id: uuid.UUID) -> None:
         with self._lock:
@@ -98,7 +100,12 @@ class LiveCalls:
         return not self._sessions
 
     def _expire(self, now: float) -> None:
-        for call_id in [c for c, until in self._reserved.items() if until <= now]:
+        # Deadlines are in order, so the expired ones are at the front: a webhook pays for those,
+        # not for a scan of every call admitted in the last RESERVATION_SECONDS.
+        while self._reserved:
+            call_id, until = next(iter(self._reserved.items()))
+            if until > now:
+                return
             del self._reserved[call_id]
 
     def report(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import pytest
@@ -111,8 +112,18 @@ def test_reservations_of_calls_that_never_connect_expire(
     assert not calls.has_room()
     monkeypatch.setattr(capacity, "RESERVATION_SECONDS", 0.0)
     calls.reserve(uuid.uuid4())
-    calls._reserved = dict.fromkeys(calls._reserved, 0.0)  # all past their deadline
+    calls._reserved = OrderedDict.fromkeys(calls._reserved, 0.0)  # all past their deadline
     assert calls.has_room()
+
+
+def test_reservations_expire_in_order_and_a_retry_moves_to_the_end() -> None:
+    calls = LiveCalls()
+    first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    for call_id in (first, second, third, first):  # Twilio retried the first call's webhook
+        calls.reserve(call_id)
+    assert list(calls._reserved) == [second, third, first]
+    calls._expire(calls._reserved[third])
+    assert list(calls._reserved) == [first]
 
 
 def test_sigterm_drains_live_sessions_then_stops_the_server(
