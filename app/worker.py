@@ -46,15 +46,12 @@ from app.webhooks.delivery import (
     send,
     send_budget,
 )
-from app.webhooks.sender import DEFAULT_TIMEOUT_SECONDS, close_shared_transports
+from app.webhooks.sender import close_shared_transports
 
 logger = logging.getLogger("vca.worker")
 
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_CONCURRENCY = 16
-# Long enough for a full batch queued behind slow endpoints; a claim whose lease would run out
-# before its send could finish is given back instead of sent (delivery.can_send).
-DEFAULT_LEASE = timedelta(minutes=2)
 DEFAULT_POLL_INTERVAL = 1.0
 # Outcomes stored per transaction at most (a tenant's share of them, in a few round trips).
 _MAX_RECORD_BATCH = 500
@@ -77,10 +74,15 @@ class WebhookWorker:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         concurrency: int = DEFAULT_CONCURRENCY,
-        lease: timedelta = DEFAULT_LEASE,
+        lease: timedelta | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
-        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        timeout_seconds: float | None = None,
     ) -> None:
+        # Unless given: WEBHOOK_LEASE_SECONDS and WEBHOOK_TIMEOUT_SECONDS.
+        if lease is None:
+            lease = timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
+        if timeout_seconds is None:
+            timeout_seconds = settings.WEBHOOK_TIMEOUT_SECONDS
         if lease <= send_budget(timeout_seconds):
             raise ValueError("the lease must outlast one send (timeout + 5 s)")
         self.batch_size = batch_size
