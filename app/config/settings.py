@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     DATABASE_URL: str
     MIGRATION_DATABASE_URL: str | None = None
     DATABASE_POOL_SIZE: int = Field(default=10, ge=1, le=200)
+    # How long a request waits for a pooled connection before it answers 503 (a database that
+    # holds every connection, e.g. behind a lock, fails fast instead of piling up requests).
+    DATABASE_POOL_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=300)
     # psycopg's server-side prepared statements (app/config/database.py); off behind a pooler
     # that hands one client's statements to several server connections (PgBouncer before 1.21).
     DATABASE_PREPARED_STATEMENTS: bool = True

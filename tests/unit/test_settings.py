@@ -64,6 +64,7 @@ def test_missing_required_variable_stops_with_its_name(missing: str) -> None:
         ({"LLM_TIMEOUT_SECONDS": "-1"}, "LLM_TIMEOUT_SECONDS"),
         ({"PUBLIC_BASE_URL": "voice.example.org"}, "PUBLIC_BASE_URL"),
         ({"ENCRYPTION_KEYS": "not-a-fernet-key"}, "ENCRYPTION_KEYS"),
+        ({"DATABASE_POOL_TIMEOUT_SECONDS": "0"}, "DATABASE_POOL_TIMEOUT_SECONDS"),
         # SPEC 11 gives receivers 15 s; a lease must cover a send and recording its outcome.
         ({"WEBHOOK_TIMEOUT_SECONDS": "30"}, "WEBHOOK_TIMEOUT_SECONDS"),
         ({"WEBHOOK_LEASE_SECONDS": "20"}, "WEBHOOK_LEASE_SECONDS"),
