@@ -27,7 +27,7 @@ import pytest
 
 from scripts.devdb import DatabaseUrls, provision
 from tests.fakes.receiver import WebhookReceiver
-from tests.helpers import TenantFixture, make_tenant
+from tests.helpers import TenantFixture, make_tenant, random_e164, twilio_call_sid, twilio_post
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,6 +223,9 @@ def test_drill_postgres_stopped_answers_503_and_recovers_without_restarts(
                 assert time.monotonic() - started < 5  # refused at once, not hanging
             health = http.get("/healthz")
             assert health.status_code == 503 and health.json()["status"] == "degraded"
+            # Twilio's voice webhook too: Twilio then asks the number's fallback URL.
+            ringing = {"CallSid": twilio_call_sid(), "From": random_e164(), "To": random_e164()}
+            _assert_database_unavailable(twilio_post(http, "/telephony/twilio/voice", ringing))
             # Down until the worker has failed to claim twice (it waits longer after each).
             deadline = time.monotonic() + 15
             while not any(
