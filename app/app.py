@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api import (
@@ -151,9 +152,14 @@ def _register_error_handlers(app: FastAPI) -> None:
             status_code=409,
         )
 
+    # The server is down or restarting, a pooled connection died while idle (no pre-ping: the
+    # pool drops it and its peers, so the next request reconnects), or no connection was free
+    # within DATABASE_POOL_TIMEOUT_SECONDS: all worth a retry.
     @app.exception_handler(OperationalError)
-    async def database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
-        logger.error("database unavailable", extra={"error": str(exc.orig)[:300]})
+    @app.exception_handler(PoolTimeout)
+    async def database_unavailable(_: Request, exc: OperationalError | PoolTimeout) -> JSONResponse:
+        error = exc.orig if isinstance(exc, OperationalError) else exc
+        logger.error("database unavailable", extra={"error": str(error)[:300]})
         return JSONResponse(
             {
                 "detail": "The database is unavailable; retry shortly.",

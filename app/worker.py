@@ -46,16 +46,16 @@ from app.webhooks.delivery import (
     send,
     send_budget,
 )
-from app.webhooks.sender import DEFAULT_TIMEOUT_SECONDS, close_shared_transports
+from app.webhooks.sender import close_shared_transports
 
 logger = logging.getLogger("vca.worker")
 
 DEFAULT_BATCH_SIZE = 100
 DEFAULT_CONCURRENCY = 16
-# Long enough for a full batch queued behind slow endpoints; a claim whose lease would run out
-# before its send could finish is given back instead of sent (delivery.can_send).
-DEFAULT_LEASE = timedelta(minutes=2)
 DEFAULT_POLL_INTERVAL = 1.0
+# While claims fail (the database is gone), each wait doubles up to this: a long outage costs a
+# log line every few seconds, and deliveries resume at most this long after it ends.
+MAX_CLAIM_BACKOFF_SECONDS = 5.0
 # Outcomes stored per transaction at most (a tenant's share of them, in a few round trips).
 _MAX_RECORD_BATCH = 500
 _RECORD_LINGER_SECONDS = 0.01
@@ -77,10 +77,15 @@ class WebhookWorker:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         concurrency: int = DEFAULT_CONCURRENCY,
-        lease: timedelta = DEFAULT_LEASE,
+        lease: timedelta | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
-        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        timeout_seconds: float | None = None,
     ) -> None:
+        # Unless given: WEBHOOK_LEASE_SECONDS and WEBHOOK_TIMEOUT_SECONDS.
+        if lease is None:
+            lease = timedelta(seconds=settings.WEBHOOK_LEASE_SECONDS)
+        if timeout_seconds is None:
+            timeout_seconds = settings.WEBHOOK_TIMEOUT_SECONDS
         if lease <= send_budget(timeout_seconds):
             raise ValueError("the lease must outlast one send (timeout + 5 s)")
         self.batch_size = batch_size
@@ -152,6 +157,7 @@ class WebhookWorker:
         next_listen_attempt = 0.0
         next_prune = 0.0
         next_retention = 0.0
+        failed_claims = 0
         try:
             while not self._stop.is_set():
                 if time.monotonic() >= next_prune:
@@ -170,10 +176,15 @@ class WebhookWorker:
                 room = self.batch_size - self._in_flight
                 try:
                     claimed = self.claim(limit=room)
-                except Exception:
-                    logger.exception("claiming webhook deliveries failed")
-                    claimed = []
-                    self._wait_for_work(None)
+                except Exception as exc:
+                    failed_claims += 1
+                    self._wait_for_work(None, timeout=self._claim_failed(exc, failed_claims))
+                    continue
+                if failed_claims:
+                    logger.info(
+                        "claiming webhook deliveries again", extra={"failed": failed_claims}
+                    )
+                    failed_claims = 0
                 for item in claimed:
                     self._submit(item)
                 if claimed and len(claimed) == room:
@@ -347,14 +358,38 @@ class WebhookWorker:
             return None
         return connection
 
+    def _claim_failed(self, error: Exception, failures: int) -> float:
+        """Log a failed claim (the traceback once per outage) and return how long to wait."""
+        wait_seconds = max(
+            self.poll_interval,
+            min(MAX_CLAIM_BACKOFF_SECONDS, self.poll_interval * 2 ** min(failures - 1, 10)),
+        )
+        if failures == 1:
+            logger.exception(
+                "claiming webhook deliveries failed", extra={"retry_in_seconds": wait_seconds}
+            )
+        else:
+            first_line = str(error).partition("\n")[0]
+            logger.warning(
+                "claiming webhook deliveries still failing",
+                extra={
+                    "failed": failures,
+                    "retry_in_seconds": wait_seconds,
+                    "error": f"{type(error).__name__}: {first_line[:300]}",
+                },
+            )
+        return wait_seconds
+
     def _wait_for_work(
-        self, listener: psycopg.Connection[Any] | None
+        self, listener: psycopg.Connection[Any] | None, *, timeout: float | None = None
     ) -> psycopg.Connection[Any] | None:
-        """Block until a NOTIFY, a stop or the poll interval; returns the listener (None if broken)."""
+        """Block until a NOTIFY, a stop or `timeout` (the poll interval); returns the listener
+        (None if broken)."""
         readable: list[Any] = [self._wake_read]
         if listener is not None:
             readable.append(listener)
-        ready, _, _ = select.select(readable, [], [], self.poll_interval)
+        wait_seconds = self.poll_interval if timeout is None else timeout
+        ready, _, _ = select.select(readable, [], [], wait_seconds)
         if self._wake_read in ready:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_read, 512):

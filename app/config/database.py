@@ -48,7 +48,7 @@ def build_engine(url: str, *, pool_size: int, prepared_statements: bool) -> Engi
         # No pre-ping: it costs a round trip per request; a connection found dead is discarded by
         # the pool (and that request answers 503), and recycling retires idle ones.
         pool_recycle=1800,
-        pool_timeout=10,
+        pool_timeout=settings.DATABASE_POOL_TIMEOUT_SECONDS,
         connect_args={
             "connect_timeout": 3,
             "application_name": settings.APP_NAME,

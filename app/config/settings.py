@@ -42,6 +42,11 @@ class LogFormat(StrEnum):
     console = "console"
 
 
+# After a send's timeout, the time a worker keeps to record the outcome before its claim's lease
+# runs out (app/webhooks/delivery.py: `can_send`); the lease must cover both.
+WEBHOOK_LEASE_MARGIN_SECONDS = 5.0
+
+
 def _looks_like_placeholder(value: str) -> bool:
     lowered = value.lower()
     return any(marker in lowered for marker in PLACEHOLDER_MARKERS) or len(set(value)) < 6
@@ -62,6 +67,9 @@ class Settings(BaseSettings):
     DATABASE_URL: str
     MIGRATION_DATABASE_URL: str | None = None
     DATABASE_POOL_SIZE: int = Field(default=10, ge=1, le=200)
+    # How long a request waits for a pooled connection before it answers 503 (a database that
+    # holds every connection, e.g. behind a lock, fails fast instead of piling up requests).
+    DATABASE_POOL_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=300)
     # psycopg's server-side prepared statements (app/config/database.py); off behind a pooler
     # that hands one client's statements to several server connections (PgBouncer before 1.21).
     DATABASE_PREPARED_STATEMENTS: bool = True
@@ -84,6 +92,12 @@ class Settings(BaseSettings):
     # On SIGTERM, how long live calls may go on before the process stops anyway.
     DRAIN_TIMEOUT_SECONDS: float = Field(default=300.0, ge=0, le=86_400)
     WEBHOOK_ALLOW_PRIVATE_URLS: bool = False
+    # A receiver has this long to answer (SPEC 11: 15 s); an operator may shorten it, not stretch it.
+    WEBHOOK_TIMEOUT_SECONDS: float = Field(default=15.0, gt=0, le=15)
+    # How long a worker holds a claimed delivery: one killed mid-send has it sent again, by any
+    # worker, this long after its claim. 2 minutes covers a batch queued behind slow endpoints (a
+    # claim whose lease would run out mid-send is given back unsent: delivery.can_send).
+    WEBHOOK_LEASE_SECONDS: float = Field(default=120.0, gt=0, le=3600)
     # Delivered events, finished deliveries and their attempts are deleted this long after.
     WEBHOOK_RETENTION_DAYS: int = Field(default=30, ge=1, le=3650)
     # Fernet keys, comma-separated: the first encrypts, all decrypt (app/crypto.py).
@@ -140,6 +154,19 @@ class Settings(BaseSettings):
         if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return upper
+
+    @model_validator(mode="after")
+    def _webhook_lease_covers_a_send(self) -> Settings:
+        lease, needed = (
+            self.WEBHOOK_LEASE_SECONDS,
+            self.WEBHOOK_TIMEOUT_SECONDS + WEBHOOK_LEASE_MARGIN_SECONDS,
+        )
+        if lease <= needed:
+            raise ValueError(
+                f"WEBHOOK_LEASE_SECONDS: must exceed WEBHOOK_TIMEOUT_SECONDS + "
+                f"{WEBHOOK_LEASE_MARGIN_SECONDS:g} s (here {needed:g} s), or no claim could be sent"
+            )
+        return self
 
     @model_validator(mode="after")
     def _environment_rules(self) -> Settings:

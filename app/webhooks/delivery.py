@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from app import crypto
 from app.config.database import system_scope
-from app.config.settings import settings
+from app.config.settings import WEBHOOK_LEASE_MARGIN_SECONDS, settings
 from app.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from app.services.scope import tenant_filter
 from app.webhooks.sender import DeliveryResult, post_webhook, storable_text
@@ -38,7 +38,7 @@ RETRY_DELAYS = tuple(
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 DISABLE_AFTER_FAILING_FOR = timedelta(days=5)
 # A send may start only while its lease outlasts it by this much (see `can_send`).
-LEASE_MARGIN = timedelta(seconds=5)
+LEASE_MARGIN = timedelta(seconds=WEBHOOK_LEASE_MARGIN_SECONDS)
 _MAX_ERROR_CHARS = 1000
 
 DISABLED_GONE = "The endpoint answered 410 Gone."

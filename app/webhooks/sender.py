@@ -30,7 +30,6 @@ from app.webhooks.ssrf import (
 )
 
 __all__ = [
-    "DEFAULT_TIMEOUT_SECONDS",
     "MAX_RESPONSE_BYTES",
     "MAX_RETRY_AFTER_SECONDS",
     "RESPONSE_EXCERPT_CHARS",
@@ -42,7 +41,6 @@ __all__ = [
     "storable_text",
 ]
 
-DEFAULT_TIMEOUT_SECONDS = 15.0
 MAX_RESPONSE_BYTES = 64 * 1024
 RESPONSE_EXCERPT_CHARS = 1000
 MAX_RETRY_AFTER_SECONDS = 86_400
@@ -157,7 +155,7 @@ def post_webhook(
     body: bytes,
     headers: dict[str, str],
     *,
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    timeout_seconds: float,
     allow_private: bool,
     require_https: bool,
 ) -> DeliveryResult:

@@ -6,6 +6,7 @@ database, so the developer's .data/ is not touched; the embedded PostgreSQL's st
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -72,6 +73,11 @@ def test_make_dev_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         output, _ = dev.communicate(timeout=30)
     finally:
         if dev.poll() is None:
+            # Its API and worker too: a worker left running on the test database would claim the
+            # deliveries of every later worker test.
+            with contextlib.suppress(psutil.NoSuchProcess):
+                for child in psutil.Process(dev.pid).children(recursive=True):
+                    child.kill()
             dev.kill()
     assert dev.returncode == 0, output
     assert not any(child.is_running() for child in children)

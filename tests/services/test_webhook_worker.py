@@ -741,6 +741,78 @@ def test_sigterm_stops_the_worker_process_cleanly(
     assert elapsed < 5.0, elapsed
 
 
+def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.worker"], cwd=ROOT, env=env, stdout=out, stderr=out
+        )
+
+
+def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_drill_worker_killed_mid_delivery_sends_it_again_once_after_the_lease(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    owner_engine: Engine,
+    tmp_path: Path,
+) -> None:
+    """Fault drill: a worker process is SIGKILLed while the receiver holds its request open; two
+    fresh workers find the claim, and once its lease has run out one of them sends it again."""
+    # A short lease through the settings, as an operator would set it (2 s to answer + 5 s margin).
+    env = {**os.environ, "WEBHOOK_TIMEOUT_SECONDS": "2", "WEBHOOK_LEASE_SECONDS": "8"}
+    # Held past the worker's timeout: the worker cannot have an answer before it is killed.
+    receiver.respond(Reply(200, delay=5.0))
+    processes = [_start_worker(env, tmp_path / "killed.log")]
+    try:
+        (call_id,) = _emit(tenant)
+        assert receiver.wait_for(1, timeout=30.0, verified=True), "the worker never sent it"
+        processes[0].send_signal(signal.SIGKILL)
+        processes[0].wait(timeout=5)
+        held = _delivery(owner_engine, tenant)
+        lease_ends = time.monotonic() + (held.lease_expires_at - utcnow()).total_seconds()
+        assert held.status == "delivering" and held.attempt_count == 0, held
+        processes += [_start_worker(env, tmp_path / f"fresh-{n}.log") for n in (1, 2)]
+
+        assert receiver.wait_for(2, timeout=30.0, verified=True), "never sent again"
+        deadline = time.monotonic() + 5.0
+        while _delivery(owner_engine, tenant).status == "delivering":
+            assert time.monotonic() < deadline, "the second send was never recorded"
+            time.sleep(0.05)
+        time.sleep(1.5)  # more than a poll of both workers: room for a third send, were there one
+        assert all(process.poll() is None for process in processes[1:])
+    finally:
+        _stop_all(processes)
+    first, again = receiver.received[:2]
+    assert len(receiver.received) == 2, [r.webhook_id for r in receiver.received]
+    # The same delivery, same id and bytes, sent again only after the lease (wall and monotonic
+    # clocks read a moment apart: a tenth of a second of slack).
+    assert first.webhook_id == again.webhook_id == str(held.id)
+    assert first.body == again.body and again.payload["data"] == {"call_id": call_id}
+    assert again.monotonic >= lease_ends - 0.1, again.monotonic - lease_ends
+    delivered = _delivery(owner_engine, tenant)
+    assert (delivered.status, delivered.attempt_count, delivered.last_status_code) == (
+        "succeeded",
+        1,
+        204,
+    )
+    assert delivered.lease_expires_at is None and delivered.delivered_at is not None
+    # The killed send's outcome was never known, so it left no attempt; the takeover's is the one.
+    (attempt,) = _attempts(owner_engine, held.id)
+    assert (attempt.attempt_number, attempt.status_code, attempt.error) == (1, 204, None)
+    print(f"\nkilled -> sent again: {again.monotonic - first.monotonic:.1f} s (lease 8 s)")
+
+
 def test_end_to_end_latency_is_measured_from_commit_to_receipt(
     endpoint: dict[str, Any],
     tenant: TenantFixture,

@@ -64,6 +64,11 @@ def test_missing_required_variable_stops_with_its_name(missing: str) -> None:
         ({"LLM_TIMEOUT_SECONDS": "-1"}, "LLM_TIMEOUT_SECONDS"),
         ({"PUBLIC_BASE_URL": "voice.example.org"}, "PUBLIC_BASE_URL"),
         ({"ENCRYPTION_KEYS": "not-a-fernet-key"}, "ENCRYPTION_KEYS"),
+        ({"DATABASE_POOL_TIMEOUT_SECONDS": "0"}, "DATABASE_POOL_TIMEOUT_SECONDS"),
+        # SPEC 11 gives receivers 15 s; a lease must cover a send and recording its outcome.
+        ({"WEBHOOK_TIMEOUT_SECONDS": "30"}, "WEBHOOK_TIMEOUT_SECONDS"),
+        ({"WEBHOOK_LEASE_SECONDS": "20"}, "WEBHOOK_LEASE_SECONDS"),
+        ({"WEBHOOK_TIMEOUT_SECONDS": "2", "WEBHOOK_LEASE_SECONDS": "7"}, "WEBHOOK_LEASE_SECONDS"),
     ],
 )
 def test_bad_value_stops_with_its_name(override: dict[str, str], name: str) -> None:
@@ -71,6 +76,13 @@ def test_bad_value_stops_with_its_name(override: dict[str, str], name: str) -> N
     assert result.returncode != 0
     assert name in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_short_webhook_timeout_allows_a_short_lease() -> None:
+    result = _import_settings(
+        {**GOOD, "WEBHOOK_TIMEOUT_SECONDS": "2", "WEBHOOK_LEASE_SECONDS": "8"}
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_production_accepts_a_complete_safe_configuration() -> None:
