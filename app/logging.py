@@ -34,7 +34,7 @@ class ConsoleFormatter(logging.Formatter):
         return base + ("  " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
 
 
-# httpx, and the copy of it the openai client ships with.
+# httpx, and httpx2 (the LLM client's, app/llm/client.py).
 HTTP_CLIENT_LOGGERS = ("httpx", "httpx2")
 
 

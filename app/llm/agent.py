@@ -153,6 +153,7 @@ def get_llm_client() -> LLMClient:
         settings.LLM_API_KEY,
         settings.LLM_MODEL,
         settings.LLM_TIMEOUT_SECONDS,
+        settings.MAX_LIVE_CALLS_PER_PROCESS,
     )
     with _lock:
         current_loop = _client_loop() if _client_loop is not None else None
@@ -162,6 +163,8 @@ def get_llm_client() -> LLMClient:
                 api_key=settings.LLM_API_KEY,
                 default_model=settings.LLM_MODEL,
                 timeout_seconds=settings.LLM_TIMEOUT_SECONDS,
+                # One connection per live call this process may hold.
+                max_connections=settings.MAX_LIVE_CALLS_PER_PROCESS,
             )
             _client_settings = wanted
             _client_loop = weakref.ref(loop) if loop is not None else None
