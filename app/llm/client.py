@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-import httpx2
-from httpx2 import EventSource, ServerSentEvent, SSEError
+import httpx
+from httpx_aiohttp import AiohttpTransport
+from httpx_sse import EventSource, SSEError, aconnect_sse
 
 __all__ = [
     "LLMClient",
@@ -196,7 +197,7 @@ def _translate_error(exc: Exception) -> LLMError:
     The same outcomes as the `openai` package's exceptions (tests/unit/test_llm_client.py runs
     both against one server): timeout, HTTP status with its code, unreachable, malformed.
     """
-    if isinstance(exc, httpx2.TimeoutException):
+    if isinstance(exc, httpx.TimeoutException):
         return LLMTimeout("LLM request timed out")
     if isinstance(exc, _StatusError):
         # Only the machine-readable error code is kept: provider messages can echo parts of
@@ -206,15 +207,15 @@ def _translate_error(exc: Exception) -> LLMError:
         return LLMError(
             f"LLM provider returned HTTP {exc.status_code}{detail}", status_code=exc.status_code
         )
-    if isinstance(exc, ValueError | SSEError | httpx2.DecodingError):
+    if isinstance(exc, ValueError | SSEError | httpx.DecodingError):
         return LLMError("malformed response from the LLM provider")
-    if isinstance(exc, httpx2.TransportError):
+    if isinstance(exc, httpx.TransportError):
         # Refused, reset, or the stream cut mid-answer (an incomplete chunked body).
         return LLMError("could not reach the LLM provider")
     return LLMError(f"LLM client error ({type(exc).__name__})")
 
 
-async def _raise_for_status(response: httpx2.Response) -> None:
+async def _raise_for_status(response: httpx.Response) -> None:
     if response.status_code >= 400:
         body = b""
         async for part in response.aiter_bytes():
@@ -277,7 +278,7 @@ def _add_fragment(partials: dict[int, _PartialToolCall], fragment: dict[str, Any
 
 
 # What a request or a stream can fail with below our own types (see `_translate_error`).
-_TRANSPORT_ERRORS = (httpx2.HTTPError, httpx2.StreamError, _StatusError, SSEError, ValueError)
+_TRANSPORT_ERRORS = (httpx.HTTPError, httpx.StreamError, _StatusError, SSEError, ValueError)
 
 
 # --------------------------------------------------------------------------- client
@@ -286,13 +287,14 @@ _TRANSPORT_ERRORS = (httpx2.HTTPError, httpx2.StreamError, _StatusError, SSEErro
 class LLMClient:
     """Chat-completions client for one provider endpoint.
 
-    The OpenAI-compatible protocol spoken directly: JSON requests and server-sent events over one
-    shared `httpx2.AsyncClient` (one connection pool; its `sse()` is httpx-sse's parser). Measured
-    with 50 live calls on a process (docs/scaling.md): the `openai` package built a typed model
-    per streamed chunk, about 30 % of the event loop; here a chunk is one `json.loads`. httpx2,
-    not httpx: httpcore 1.x scans its whole pool for every idle connection on each request
-    (O(connections²)), 26 ms of CPU per turn at 200 concurrent streams against 6 ms here.
-    Share one instance between calls and close it with :meth:`aclose` on shutdown.
+    The OpenAI-compatible protocol spoken directly: JSON requests and server-sent events
+    (httpx-sse) over one shared `httpx.AsyncClient` whose transport is aiohttp's connection pool.
+    Measured (docs/scaling.md): the `openai` package built a typed model per streamed chunk,
+    about 30 % of the event loop with 50 live calls; here a chunk is one `json.loads`. httpx's
+    own pool (httpcore) scans every connection for each idle one on every request, O(pool²):
+    26 ms of CPU per turn at 200 concurrent streams; with aiohttp's pool and C parser a turn
+    costs 4–5 ms (httpx2's pool: 7–8 ms). Share one instance between calls and close it with
+    :meth:`aclose` on shutdown.
     """
 
     def __init__(
@@ -309,9 +311,9 @@ class LLMClient:
         self._base_url = (base_url or "").strip() or None
         self._default_model = (default_model or "").strip() or None
         self._timeout = float(timeout_seconds)
-        self._client: httpx2.AsyncClient | None = None
+        self._client: httpx.AsyncClient | None = None
         if self._base_url is not None:
-            self._client = httpx2.AsyncClient(
+            self._client = httpx.AsyncClient(
                 # "…/v1" + "chat/completions": a relative path is joined under the base path.
                 base_url=self._base_url.rstrip("/") + "/",
                 headers={"Authorization": f"Bearer {api_key or _PLACEHOLDER_API_KEY}"},
@@ -321,8 +323,10 @@ class LLMClient:
                 # Every live call may stream at once: kept-alive connections for all of them, so
                 # a turn never pays for a new connection. No retries (none are configured): a
                 # retry would double the silence the caller hears.
-                limits=httpx2.Limits(
-                    max_connections=max_connections, max_keepalive_connections=max_connections
+                transport=AiohttpTransport(
+                    limits=httpx.Limits(
+                        max_connections=max_connections, max_keepalive_connections=max_connections
+                    )
                 ),
             )
 
@@ -341,7 +345,7 @@ class LLMClient:
         """Maximum silence tolerated before :class:`LLMTimeout` is raised."""
         return self._timeout
 
-    def _resolve(self, model: str | None) -> tuple[httpx2.AsyncClient, str]:
+    def _resolve(self, model: str | None) -> tuple[httpx.AsyncClient, str]:
         chosen = model or self._default_model
         if self._client is None or not chosen:
             raise LLMNotConfigured("LLM is not configured (base URL and model are required)")
@@ -394,10 +398,10 @@ class LLMClient:
                 # a provider that accepts the request and then says nothing must not stall it.
                 async with asyncio.timeout_at(deadline):
                     source: EventSource = await stack.enter_async_context(
-                        client.sse("chat/completions", method="POST", json=body)
+                        aconnect_sse(client, "POST", "chat/completions", json=body)
                     )
                     await _raise_for_status(source.response)
-                events = cast(AsyncGenerator[ServerSentEvent, None], aiter(source))
+                events = source.aiter_sse()
                 stack.push_async_callback(events.aclose)
                 while True:
                     try:
