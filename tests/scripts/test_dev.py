@@ -72,6 +72,10 @@ def test_make_dev_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         output, _ = dev.communicate(timeout=30)
     finally:
         if dev.poll() is None:
+            # Its API and worker too: a worker left running on the test database claims the
+            # deliveries and invoices of every later test.
+            for child in psutil.Process(dev.pid).children(recursive=True):
+                child.kill()
             dev.kill()
     assert dev.returncode == 0, output
     assert not any(child.is_running() for child in children)
