@@ -487,3 +487,20 @@ def test_tool_schema_shape() -> None:
         "type": "function",
         "function": {"name": "noop", "description": "Does nothing.", "parameters": params},
     }
+
+
+async def test_the_shared_client_is_closed_on_shutdown(
+    llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.config.settings import settings
+    from app.llm import agent
+
+    monkeypatch.setattr(settings, "LLM_BASE_URL", llm.base_url)
+    monkeypatch.setattr(settings, "LLM_MODEL", "m")
+    agent.reset_llm_client()
+    shared = agent.get_llm_client()
+    assert await collect(shared)
+    await agent.close_llm_client()
+    assert shared._client is not None and shared._client.is_closed
+    assert agent.get_llm_client() is not shared  # the next use opens a new pool
+    await agent.close_llm_client()
