@@ -35,6 +35,7 @@ from app.api import (
 )
 from app.config.settings import settings
 from app.errors import VALIDATION_ERROR_RESPONSE, AppError, excerpt, printable
+from app.llm.agent import close_llm_client
 from app.logging import configure_logging
 from app.middleware import EdgeMiddleware
 from app.services.idempotency import StoredResponse
@@ -109,6 +110,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await loop_lag.stop()
+        await close_llm_client()
 
 
 def _register_error_handlers(app: FastAPI) -> None:

@@ -34,8 +34,8 @@ class ConsoleFormatter(logging.Formatter):
         return base + ("  " + " ".join(f"{k}={v}" for k, v in extra.items()) if extra else "")
 
 
-# httpx, and the copy of it the openai client ships with.
-HTTP_CLIENT_LOGGERS = ("httpx", "httpx2")
+# httpx: the LLM client's (app/llm/client.py).
+HTTP_CLIENT_LOGGERS = ("httpx",)
 
 
 class ContextFilter(logging.Filter):

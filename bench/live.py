@@ -16,6 +16,7 @@ dropped or lost; steps stop after the first that fails.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -255,6 +256,8 @@ def live_calls(
     owner: Any,
     profile: LiveProfile,
     steps: tuple[int, ...] | None = None,
+    *,
+    stop_at_failure: bool = True,
 ) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for index, n in enumerate(steps or profile.steps):
@@ -262,9 +265,10 @@ def live_calls(
         row = run_step(n, profile, env, base, numbers, llm, api_pid, owner, seed=index)
         rows.append(row)
         print_table([row])
-        if not row["holds"]:
+        if not row["holds"] and stop_at_failure:
             break
-    held = [row["n"] for row in rows if row["holds"]]
+    # Steps that hold up to the first that fails (a later step holding by luck does not count).
+    held = [row["n"] for row in itertools.takewhile(lambda row: row["holds"], rows)]
     return {
         "steps": rows,
         "headline_n": max(held) if held else 0,

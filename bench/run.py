@@ -165,6 +165,11 @@ def main() -> int:
     parser.add_argument(
         "--live-steps", help="live calls: the steps N to run, comma-separated (default: profile's)"
     )
+    parser.add_argument(
+        "--live-all-steps",
+        action="store_true",
+        help="live calls: run every step even after one fails (paired before/after runs)",
+    )
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -367,6 +372,7 @@ def run_live_phase(
             owner,
             live_profile,
             steps,
+            stop_at_failure=not args.live_all_steps,
         )
     print("\nLive calls per step:")
     print_table(result["steps"])

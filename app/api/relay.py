@@ -7,9 +7,10 @@ keys. The protocol itself lives in app/telephony/relay.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
-from fastapi import APIRouter, Response, WebSocket
+from fastapi import APIRouter, Response, WebSocket, WebSocketDisconnect
 
 from app import metrics
 from app.api.deps import TransactionalRoute
@@ -54,7 +55,7 @@ async def conversation_relay(websocket: WebSocket) -> None:
                     message = await asyncio.wait_for(websocket.receive(), SETUP_TIMEOUT_SECONDS)
                 except TimeoutError:
                     logger.warning("relay session refused", extra={"reason": "no setup in time"})
-                    await websocket.close(code=POLICY_VIOLATION)
+                    await _close(websocket, POLICY_VIOLATION)
                     break
             else:
                 message = await websocket.receive()
@@ -68,11 +69,17 @@ async def conversation_relay(websocket: WebSocket) -> None:
             if session.call is not None:  # every later log line of the session names its call
                 set_tenant(session.call.scope.tenant_id, session.call.call_id)
             if session.close_code is not None:
-                await websocket.close(code=session.close_code)
+                await _close(websocket, session.close_code)
                 break
     finally:
         metrics.RELAY_SESSIONS.dec()
         await session.close()
+
+
+async def _close(websocket: WebSocket, code: int) -> None:
+    # The caller may have hung up meanwhile (while the call was being bound): nothing to close.
+    with contextlib.suppress(WebSocketDisconnect):
+        await websocket.close(code=code)
 
 
 @router.post(

@@ -22,14 +22,15 @@ __all__ = [
     "ConversationEntry",
     "build_messages",
     "build_summary_messages",
+    "close_llm_client",
     "get_llm_client",
     "phone_tools",
     "reset_llm_client",
 ]
 
 # The model sees the most recent utterances only. Long calls would otherwise grow every request
-# without bound, and the OpenAI SDK spends about 0.3 ms of event-loop time per message preparing
-# a request (measured), which every other call on the process waits through.
+# (its encoding on the event loop, which every other call on the process waits through, and the
+# provider's tokens) without bound.
 MAX_HISTORY_MESSAGES = 60
 
 END_CALL = "end_call"
@@ -153,6 +154,7 @@ def get_llm_client() -> LLMClient:
         settings.LLM_API_KEY,
         settings.LLM_MODEL,
         settings.LLM_TIMEOUT_SECONDS,
+        settings.MAX_LIVE_CALLS_PER_PROCESS,
     )
     with _lock:
         current_loop = _client_loop() if _client_loop is not None else None
@@ -162,10 +164,24 @@ def get_llm_client() -> LLMClient:
                 api_key=settings.LLM_API_KEY,
                 default_model=settings.LLM_MODEL,
                 timeout_seconds=settings.LLM_TIMEOUT_SECONDS,
+                # One connection per live call this process may hold.
+                max_connections=settings.MAX_LIVE_CALLS_PER_PROCESS,
             )
             _client_settings = wanted
             _client_loop = weakref.ref(loop) if loop is not None else None
         return _client
+
+
+async def close_llm_client() -> None:
+    """Close the shared client's connection pool (on shutdown), if this loop opened it."""
+    global _client, _client_settings, _client_loop
+    with _lock:
+        client, loop = _client, (_client_loop() if _client_loop is not None else None)
+        if loop is not asyncio.get_running_loop():
+            return
+        _client = _client_settings = _client_loop = None
+    if client is not None:
+        await client.aclose()
 
 
 def reset_llm_client() -> None:

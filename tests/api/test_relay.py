@@ -8,6 +8,7 @@ tests/fakes/fake_llm.py's real SSE server.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -878,3 +879,27 @@ def test_a_finished_call_cannot_be_bound(server: str, tenant: TenantFixture) -> 
     relay.setup(call.call_sid, call.call_id)
     relay.expect_closed()
     assert stored_turns(call) == []
+
+
+def test_a_refusal_after_the_caller_hung_up_closes_quietly(
+    server: str, tenant: TenantFixture, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The caller hangs up while the call is being bound (its final status callback won):
+    closing a socket that is already gone is no error, and no traceback in the log."""
+    call = create_ringing_call(tenant.id)
+    hung_up, refused = threading.Event(), threading.Event()
+
+    def bind_after_hang_up(call_id: uuid.UUID, call_sid: str) -> Any:
+        hung_up.wait(TIMEOUT)
+        time.sleep(0.2)  # the server has seen the close
+        refused.set()
+        raise relay_service.RelayBindError("call is completed")
+
+    monkeypatch.setattr(relay_service, "bind_call", bind_after_hang_up)
+    relay = open_relay(server, call.call_id)
+    relay.setup(call.call_sid, call.call_id)
+    relay.ws.close()
+    hung_up.set()
+    assert refused.wait(TIMEOUT)
+    time.sleep(0.3)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

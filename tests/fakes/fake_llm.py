@@ -186,6 +186,7 @@ class FakeLLM:
         self._scripts: deque[Script] = deque()
         self._requests: list[dict[str, Any]] = []
         self._headers: list[dict[str, str]] = []
+        self._client_ports: list[int | None] = []
         self._first_token_sent_at: list[float] = []
         # First content token text -> when it was written, for matching concurrent streams.
         self._first_token_by_text: dict[str, float] = {}
@@ -216,6 +217,7 @@ class FakeLLM:
             self._scripts.clear()
             self._requests.clear()
             self._headers.clear()
+            self._client_ports.clear()
             self._first_token_sent_at.clear()
             self._first_token_by_text.clear()
 
@@ -240,6 +242,13 @@ class FakeLLM:
         """Headers (lower-cased names) of all requests, parallel to ``requests``."""
         with self._lock:
             return list(self._headers)
+
+    @property
+    def client_ports(self) -> list[int | None]:
+        """The client's TCP port of each request, parallel to ``requests``: one port for two
+        requests means the client kept its connection alive between them."""
+        with self._lock:
+            return list(self._client_ports)
 
     @property
     def first_token_sent_at(self) -> list[float]:
@@ -375,6 +384,7 @@ class FakeLLM:
         with self._lock:
             self._requests.append(body)
             self._headers.append(headers)
+            self._client_ports.append((scope.get("client") or (None, None))[1])
             self._counter += 1
             completion_id = f"chatcmpl-fake{self._counter:06d}"
 

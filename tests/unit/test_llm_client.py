@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import openai
 import pytest
 
 from app.llm.client import (
@@ -17,6 +18,7 @@ from app.llm.client import (
     StreamEnd,
     TextDelta,
     ToolCall,
+    _read_chunk,
     tool_schema,
 )
 from tests.fakes.fake_llm import FakeLLM, FakeToolCall, Script
@@ -279,6 +281,124 @@ async def test_not_configured() -> None:
         await no_model.aclose()
 
 
+async def test_stream_cut_mid_answer_raises_llm_error(llm: FakeLLM, client: LLMClient) -> None:
+    llm.push(Script(tokens=["We open", " at", " nine"], cut_after_tokens=2))
+    received: list[Any] = []
+    with pytest.raises(LLMError) as info:
+        async for event in client.stream_chat(MESSAGES):
+            received.append(event)
+    assert not isinstance(info.value, LLMTimeout)
+    assert received == [TextDelta("We open"), TextDelta(" at")]
+
+
+async def test_turns_reuse_one_kept_alive_connection(llm: FakeLLM, client: LLMClient) -> None:
+    """The stream is read to its end after [DONE], so the connection goes back to the pool
+    instead of being closed half-read: a turn never pays for a new connection."""
+    await collect(client)
+    await collect(client)
+    await client.complete(MESSAGES)
+    first, *others = llm.client_ports
+    assert first is not None
+    assert others == [first, first]
+
+
+def test_errors_and_garbage_inside_the_stream() -> None:
+    partials: dict[int, Any] = {}
+    with pytest.raises(LLMError, match="reported an error"):
+        _read_chunk('{"error": {"message": "overloaded", "type": "server_error"}}', partials)
+    for garbage in ("[1, 2]", "not json", '"text"'):
+        with pytest.raises(ValueError):
+            _read_chunk(garbage, partials)
+    # Chunks without choices (usage, keep-alive) or with odd shapes carry nothing.
+    assert _read_chunk('{"choices": []}', partials) == (None, None)
+    assert _read_chunk('{"usage": {"total_tokens": 3}}', partials) == (None, None)
+    assert _read_chunk('{"choices": [{"delta": null, "finish_reason": 7}]}', partials) == (
+        None,
+        None,
+    )
+    assert not partials
+
+
+# --------------------------------------------------------------------------- the openai package
+
+# The reference behaviour: what the `openai` package makes of the same server answers. Our client
+# speaks the protocol itself (for speed), and must come to the same outcome for each.
+REFERENCE_SCRIPTS = {
+    "text": Script(tokens=["Good", " morning", "."]),
+    "tool_calls": Script(
+        tokens=["Goodbye."],
+        tool_calls=[
+            FakeToolCall("end_call", {"reason": "done"}, id="call_1"),
+            FakeToolCall("transfer_call", {}, fragments=1),
+        ],
+    ),
+    "http_500": Script(status=500),
+    "http_429": Script(status=429, error_type="rate_limit_error"),
+    "stream_cut": Script(tokens=["a", "b", "c"], cut_after_tokens=1),
+    "silent": Script(hang=True),
+    "stalled": Script(tokens=["a", "b"], stall_after_tokens=1),
+}
+
+
+async def _reference_outcome(base_url: str) -> tuple[list[str], list[str], str | None, Any]:
+    """(texts, tool names, finish reason, error kind) as the openai package sees the stream."""
+    sdk = openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", max_retries=0, timeout=0.5)
+    texts: list[str] = []
+    tools: list[str] = []
+    finish: str | None = None
+    error: Any = None
+    try:
+        stream = await sdk.chat.completions.create(model="m", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        async for chunk in stream:
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    texts.append(choice.delta.content)
+                for fragment in choice.delta.tool_calls or ():
+                    if fragment.function is not None and fragment.function.name:
+                        tools.append(fragment.function.name)
+                finish = choice.finish_reason or finish
+    except openai.APITimeoutError:
+        error = "timeout"
+    except openai.APIStatusError as exc:
+        error = ("status", exc.status_code)
+    except Exception:
+        error = "error"
+    finally:
+        await sdk.close()
+    return texts, tools, finish, error
+
+
+async def _our_outcome(base_url: str) -> tuple[list[str], list[str], str | None, Any]:
+    ours = LLMClient(base_url=base_url, api_key="sk-test", default_model="m", timeout_seconds=0.5)
+    texts: list[str] = []
+    tools: list[str] = []
+    finish: str | None = None
+    error: Any = None
+    try:
+        async for event in ours.stream_chat(MESSAGES):
+            if isinstance(event, TextDelta):
+                texts.append(event.text)
+            elif isinstance(event, ToolCall):
+                tools.append(event.name)
+            else:
+                finish = event.finish_reason
+    except LLMTimeout:
+        error = "timeout"
+    except LLMError as exc:
+        error = ("status", exc.status_code) if exc.status_code is not None else "error"
+    finally:
+        await ours.aclose()
+    return texts, tools, finish, error
+
+
+@pytest.mark.parametrize("case", REFERENCE_SCRIPTS)
+async def test_same_outcome_as_the_openai_package(llm: FakeLLM, case: str) -> None:
+    llm.push(REFERENCE_SCRIPTS[case])
+    reference = await _reference_outcome(llm.base_url)
+    llm.push(REFERENCE_SCRIPTS[case])
+    assert await _our_outcome(llm.base_url) == reference
+
+
 # --------------------------------------------------------------------------- complete()
 
 
@@ -367,3 +487,20 @@ def test_tool_schema_shape() -> None:
         "type": "function",
         "function": {"name": "noop", "description": "Does nothing.", "parameters": params},
     }
+
+
+async def test_the_shared_client_is_closed_on_shutdown(
+    llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.config.settings import settings
+    from app.llm import agent
+
+    monkeypatch.setattr(settings, "LLM_BASE_URL", llm.base_url)
+    monkeypatch.setattr(settings, "LLM_MODEL", "m")
+    agent.reset_llm_client()
+    shared = agent.get_llm_client()
+    assert await collect(shared)
+    await agent.close_llm_client()
+    assert shared._client is not None and shared._client.is_closed
+    assert agent.get_llm_client() is not shared  # the next use opens a new pool
+    await agent.close_llm_client()

@@ -30,7 +30,6 @@ def _request(http: Any) -> None:
         client.post("http://llm.invalid/v1/chat/completions")
 
 
-# httpx2 is the copy of httpx the openai client (the relay's LLM calls) is built on.
 @pytest.mark.parametrize("module", HTTP_CLIENT_LOGGERS)
 def test_http_client_request_lines_only_when_debugging(
     restored_logging: None, capsys: pytest.CaptureFixture[str], module: str
