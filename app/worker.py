@@ -31,7 +31,7 @@ from app.config.database import get_engine, transaction
 from app.config.settings import settings
 from app.logging import configure_logging
 from app.models.base import utcnow
-from app.services.billing import PeriodCloser
+from app.services.billing import BillingThread
 from app.services.events import NOTIFY_CHANNEL
 from app.services.idempotency import prune_expired
 from app.services.reconciliation import Reconciler
@@ -439,14 +439,15 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     logger.info("worker started", extra={"concurrency": worker.concurrency})
-    closer = PeriodCloser()  # billing: invoices every tenant's ended periods, once a minute
-    closer.start()
+    # Billing: the usage thresholds every 10 s, every tenant's ended periods invoiced every minute.
+    billing = BillingThread()
+    billing.start()
     reconciler = Reconciler()  # calls whose final status callback was lost, every 30 s
     reconciler.start()
     try:
         worker.run_forever()
     finally:
-        closer.stop()
+        billing.stop()
         reconciler.stop()
         worker.close()
         close_shared_transports()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import ForeignKeyConstraint, Index, String, UniqueConstraint
+from sqlalchemy import ForeignKeyConstraint, Index, String, UniqueConstraint, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TenantOwned
@@ -22,6 +22,12 @@ class UsageRecord(TenantOwned, Base):
         ),
         Index("ix_usage_records_tenant_id_period", "tenant_id", "period"),
         Index("ix_usage_records_tenant_id_billed_period", "tenant_id", "billed_period"),
+        # Only the records the worker has not looked at yet (a few seconds' worth).
+        Index(
+            "ix_usage_records_tenant_id_thresholds_unchecked",
+            "tenant_id",
+            postgresql_where=text("NOT thresholds_checked"),
+        ),
     )
 
     call_id: Mapped[uuid.UUID]
@@ -31,3 +37,6 @@ class UsageRecord(TenantOwned, Base):
         String(7), default=lambda context: context.get_current_parameters()["period"]
     )
     minutes: Mapped[int]
+    # Whether the worker has looked at the usage thresholds since this record was written
+    # (app/services/billing.py: announce_usage_thresholds); metering only appends.
+    thresholds_checked: Mapped[bool] = mapped_column(default=False, server_default=false())

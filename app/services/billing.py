@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -123,14 +124,12 @@ def open_current_period(session: Session, tenant_id: uuid.UUID, now: datetime) -
 
 # --- metering ---------------------------------------------------------------------------------
 
-# The opened period containing a moment, with the tenant's included minutes, locked FOR KEY SHARE:
-# a close (FOR UPDATE) waits for the metering in flight, and metering after it sees it closed.
+# The opened period containing a moment, locked FOR KEY SHARE: a close (FOR UPDATE) waits for the
+# metering in flight, and metering after it sees it closed. Other call ends of the tenant take
+# the same lock, or the worker's FOR NO KEY UPDATE (thresholds): neither conflicts with it.
 _PERIOD_FOR_METERING = text("""
-SELECT b.id, b.period, b.starts_at, b.ends_at, b.closed_at, b.notified_percent, t.plan,
-       p.included_minutes
+SELECT b.id, b.period, b.closed_at
 FROM billing_periods b
-JOIN tenants t ON t.id = b.tenant_id
-JOIN plans p ON p.name = t.plan
 WHERE b.tenant_id = :tenant_id AND b.starts_at <= :at AND b.ends_at > :at
 FOR KEY SHARE OF b
 """)
@@ -160,9 +159,9 @@ def meter_call(session: Session, call: Call, now: datetime) -> None:
     """Record the billable minutes of `call`, which has just ended, in the period it ended in.
 
     Guarantees: once per call (unique per call; the caller holds the call's row lock); a call
-    ending in a period already invoiced is billed on the current period's invoice as late usage;
-    `usage.threshold_reached` fires once per threshold and period (metering serialises on the
-    period row while a threshold is still ahead, so concurrent call ends cannot both miss it).
+    ending in a period already invoiced is billed on the current period's invoice as late usage.
+    Append-only: it waits for no other call end of the tenant (a close of the period only). The
+    usage thresholds are the worker's (`announce_usage_thresholds`), from the records.
     """
     if call.ended_at is None:
         raise ValueError("only an ended call is metered")
@@ -170,7 +169,7 @@ def meter_call(session: Session, call: Call, now: datetime) -> None:
     billed_period = period.period
     if period.closed_at is not None:
         billed_period = _metering_period(session, call.tenant_id, now).period
-    inserted = session.scalar(
+    session.execute(
         _INSERT_USAGE,
         {
             "id": new_id(),
@@ -183,15 +182,6 @@ def meter_call(session: Session, call: Call, now: datetime) -> None:
             "updated_at": now,
         },
     )
-    if (
-        inserted is None
-        or period.closed_at is not None
-        or call.billable_minutes <= 0
-        or period.included_minutes <= 0
-        or period.notified_percent >= USAGE_THRESHOLDS[-1]
-    ):
-        return
-    _announce_thresholds(session, call.tenant_id, period)
 
 
 def _minutes(session: Session, *conditions: ColumnElement[bool]) -> int:
@@ -199,39 +189,47 @@ def _minutes(session: Session, *conditions: ColumnElement[bool]) -> int:
     return int(session.scalar(select(func.sum(UsageRecord.minutes)).where(*conditions)) or 0)
 
 
-def _announce_thresholds(session: Session, tenant_id: uuid.UUID, period: Row[Any]) -> None:
-    locked = session.scalars(
-        scoped(BillingPeriod, tenant_id)
-        .where(BillingPeriod.id == period.id)
-        .with_for_update(key_share=True)
-    ).one()
-    used = _minutes(
-        session, UsageRecord.tenant_id == tenant_id, UsageRecord.period == period.period
-    )
-    reached = [
-        percent
-        for percent in USAGE_THRESHOLDS
-        if percent > locked.notified_percent and used * 100 >= percent * period.included_minutes
-    ]
-    if not reached:
-        return
-    locked.notified_percent = reached[-1]
-    session.flush()
-    for percent in reached:
-        events.emit_event(
-            session,
-            tenant_id,
-            "usage.threshold_reached",
-            {
-                "period": period.period,
-                "period_start": period.starts_at,
-                "period_end": period.ends_at,
-                "plan": period.plan,
-                "threshold_percent": percent,
-                "included_minutes": period.included_minutes,
-                "used_minutes": used,
-            },
-        )
+# --- usage thresholds: announced by the worker, from the usage records --------------------------
+
+# The usage records not yet looked at: a partial index holds just them.
+_TENANTS_WITH_UNCHECKED_USAGE = text(
+    "SELECT DISTINCT tenant_id FROM usage_records WHERE NOT thresholds_checked"
+)
+# Mark the tenant's unchecked records checked; the periods they count in.
+_CHECK_USAGE = text("""
+WITH checked AS (
+    UPDATE usage_records SET thresholds_checked = true
+    WHERE tenant_id = :tenant_id AND NOT thresholds_checked
+    RETURNING period
+)
+SELECT DISTINCT period FROM checked ORDER BY period
+""")
+
+
+def tenants_with_unchecked_usage() -> list[uuid.UUID]:
+    """The tenants with usage recorded since the worker last looked at their thresholds.
+
+    The worker's cross-tenant call site for the usage thresholds (SPEC 2): a list of ids; each
+    tenant's thresholds are then looked at in its own transaction.
+    """
+    with transaction() as session, system_scope(session):
+        return list(session.scalars(_TENANTS_WITH_UNCHECKED_USAGE))
+
+
+def announce_usage_thresholds() -> int:
+    """Announce the usage thresholds reached by the usage recorded since the last run, tenant
+    by tenant in short transactions; returns how many events it emitted. A tenant's failure is
+    logged; its records stay unchecked and are looked at again on the next run."""
+    emitted = 0
+    for tenant_id in tenants_with_unchecked_usage():
+        try:
+            with transaction(tenant_id) as session:
+                emitted += BillingService(session, tenant_id).announce_thresholds()
+        except Exception:
+            logger.exception(
+                "announcing usage thresholds failed", extra={"tenant_id": str(tenant_id)}
+            )
+    return emitted
 
 
 # --- charges: what a period's invoice shows ----------------------------------------------------
@@ -254,6 +252,24 @@ class PlanHeld:
     @property
     def base_fee_cents(self) -> int:
         return self.catalogue.base_fee_cents
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """The plans a period holds (so far: the current plan runs to its end) and the minutes they
+    include, each plan's prorated and rounded down, pooled: what its invoice and its usage
+    thresholds count against."""
+
+    plans: list[PlanHeld]
+    final_plan: Plan | None  # the plan held at the period's end: its overage price applies
+
+    @property
+    def included_minutes(self) -> int:
+        return sum(held.included_minutes for held in self.plans)
+
+    @property
+    def plan(self) -> str | None:
+        return self.final_plan.name if self.final_plan else None
 
 
 @dataclass
@@ -353,13 +369,23 @@ class BillingService:
         final = catalogue[spans[-1][0]] if spans else None
         return [(catalogue[name], us) for name, us in held.items() if us > 0], final
 
+    def allowance(self, bounds: PeriodBounds) -> Allowance:
+        """The period's plans and included minutes: the one computation of both, for the
+        invoice and for the usage thresholds."""
+        whole = bounds.microseconds
+        held_plans, final_plan = self.plans_held(bounds)
+        return Allowance(
+            [PlanHeld(plan, us, plan.included_minutes * us // whole) for plan, us in held_plans],
+            final_plan,
+        )
+
     def charges(self, bounds: PeriodBounds) -> Charges:
         """The lines of the period's invoice: one prorated base fee per plan held, the overage of
         the period's own usage at the price of the plan held at its end, and the late usage of
         earlier periods billed to this one."""
         whole = bounds.microseconds
-        held_plans, final_plan = self.plans_held(bounds)
-        plans = [PlanHeld(plan, us, plan.included_minutes * us // whole) for plan, us in held_plans]
+        allowance = self.allowance(bounds)
+        plans, final_plan = allowance.plans, allowance.final_plan
         used, calls = self.session.execute(
             select(func.coalesce(func.sum(UsageRecord.minutes), 0), func.count()).where(
                 UsageRecord.tenant_id == self.tenant_id,
@@ -367,7 +393,7 @@ class BillingService:
                 UsageRecord.billed_period == bounds.period,
             )
         ).one()
-        included = sum(held.included_minutes for held in plans)
+        included = allowance.included_minutes
         overage = max(0, used - included)
         price = final_plan.overage_cents_per_minute if final_plan else None
         charges = Charges(bounds, plans, final_plan, included, used, calls, overage, price)
@@ -446,6 +472,69 @@ class BillingService:
                 }
             )
         return lines
+
+    # -- usage thresholds ----------------------------------------------------------------------
+
+    def announce_thresholds(self) -> int:
+        """Look at the tenant's usage recorded since the last look, and announce
+        `usage.threshold_reached` for each period it brought to 80% or 100% of the period's
+        included minutes (its allowance, counted as its invoice counts it); returns how many
+        events were emitted.
+
+        Guarantees: each threshold once per period, however many runs at once (the period's row
+        is locked FOR NO KEY UPDATE while its usage is summed and the highest threshold announced
+        is read and raised; metering's KEY SHARE does not conflict with that lock, so no call end
+        waits for it); every record is looked at by a run that sums it, after its commit.
+        """
+        emitted = 0
+        for label in self.session.scalars(_CHECK_USAGE, {"tenant_id": self.tenant_id}).all():
+            period = self.session.scalars(
+                scoped(BillingPeriod, self.tenant_id)
+                .where(BillingPeriod.period == label)
+                .with_for_update(key_share=True)
+            ).one_or_none()
+            if (
+                period is None
+                or period.closed_at is not None
+                or period.notified_percent >= USAGE_THRESHOLDS[-1]
+            ):
+                continue
+            bounds = PeriodBounds(period.period, period.starts_at, period.ends_at, period.timezone)
+            allowance = self.allowance(bounds)
+            if allowance.included_minutes <= 0:
+                continue
+            used = _minutes(
+                self.session,
+                UsageRecord.tenant_id == self.tenant_id,
+                UsageRecord.period == label,
+            )
+            reached = [
+                percent
+                for percent in USAGE_THRESHOLDS
+                if percent > period.notified_percent
+                and used * 100 >= percent * allowance.included_minutes
+            ]
+            if not reached:
+                continue
+            period.notified_percent = reached[-1]
+            self.session.flush()
+            for percent in reached:
+                events.emit_event(
+                    self.session,
+                    self.tenant_id,
+                    "usage.threshold_reached",
+                    {
+                        "period": label,
+                        "period_start": bounds.starts_at,
+                        "period_end": bounds.ends_at,
+                        "plan": allowance.plan,
+                        "threshold_percent": percent,
+                        "included_minutes": allowance.included_minutes,
+                        "used_minutes": used,
+                    },
+                )
+                emitted += 1
+        return emitted
 
     # -- close ---------------------------------------------------------------------------------
 
@@ -642,21 +731,30 @@ def close_due_periods(now: datetime | None = None) -> int:
     return closed
 
 
-class PeriodCloser(threading.Thread):
-    """The worker's billing thread: closes the due periods every `interval` seconds."""
+class BillingThread(threading.Thread):
+    """The worker's billing thread: announces the usage thresholds reached every
+    `thresholds_interval` seconds, and closes the due periods every `close_interval` seconds."""
 
-    def __init__(self, interval: float = 60.0) -> None:
-        super().__init__(name="billing-close", daemon=True)
-        self.interval = interval
+    def __init__(self, thresholds_interval: float = 10.0, close_interval: float = 60.0) -> None:
+        super().__init__(name="billing", daemon=True)
+        self.thresholds_interval = thresholds_interval
+        self.close_interval = close_interval
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        next_close = 0.0
         while not self._stop_event.is_set():
             try:
-                close_due_periods()
+                announce_usage_thresholds()
             except Exception:
-                logger.exception("listing the billing periods due failed")
-            self._stop_event.wait(self.interval)
+                logger.exception("listing the tenants with new usage failed")
+            if time.monotonic() >= next_close:
+                next_close = time.monotonic() + self.close_interval
+                try:
+                    close_due_periods()
+                except Exception:
+                    logger.exception("listing the billing periods due failed")
+            self._stop_event.wait(self.thresholds_interval)
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -368,8 +368,9 @@ class TelephonyService:
         The caller must hold the call's row lock (`SELECT ... FOR UPDATE`) in a transaction bound
         to the call's tenant: with the terminal check below, that makes the end of a call happen
         once. `in_progress` sets answered_at. A terminal status sets ended_at, duration_seconds,
-        billable_minutes (ceil(duration / 60), only for a call that connected), meters it once in
-        the billing period of ended_at (app/services/billing.py), and emits `call.ended`.
+        billable_minutes (ceil(duration / 60), only for a call that connected), emits
+        `call.ended` and, last, meters it once in the billing period of ended_at
+        (app/services/billing.py; a close of that period waits for the caller's commit).
         ended_at is Twilio's `event_time` when it is plausible (after the call started, not in
         the future): a callback arriving late is still billed to the period the call ended in.
         """
@@ -421,6 +422,8 @@ class TelephonyService:
         call.duration_seconds = duration_seconds
         call.billable_minutes = math.ceil(duration_seconds / 60) if connected else 0
         self.session.flush()
-        billing.meter_call(self.session, call, now)
         turns = turns_of_call(self.session, call.tenant_id, call.id)
         events.emit_event(self.session, call.tenant_id, "call.ended", call_ended_data(call, turns))
+        # Last: metering's KEY SHARE lock on the billing period, which a close waits for, is
+        # then held only until the commit.
+        billing.meter_call(self.session, call, now)

@@ -20,6 +20,8 @@ ALLOWED = {
     ("app/services/tenants.py", "find_by_slug"),  # operator CLI: find a tenant by slug
     # The worker's billing close: the (tenant, month) pairs due; each close is tenant-scoped.
     ("app/services/billing.py", "due_periods"),
+    # The worker's usage thresholds: the tenants with new usage; each is looked at tenant-scoped.
+    ("app/services/billing.py", "tenants_with_unchecked_usage"),
     ("app/services/idempotency.py", "prune_expired"),  # the worker: keys past 24 hours
     ("app/webhooks/delivery.py", "claim_due_deliveries"),  # the worker's claim loop
     # the worker: every tenant's finished deliveries and events past WEBHOOK_RETENTION_DAYS

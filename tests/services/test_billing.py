@@ -20,6 +20,7 @@ from app.schemas.tenants import TenantUpdate
 from app.services import billing
 from app.services.billing import BillingService, InvoiceAlreadyVoid, PeriodNotEnded
 from app.services.scope import Principal, Role, TenantScope
+from app.services.telephony import TelephonyService
 from app.services.tenants import TenantService
 from tests.helpers import (
     apply_status_callback,
@@ -27,6 +28,7 @@ from tests.helpers import (
     create_billing_tenant,
     create_tenant,
     end_call_at,
+    twilio_urls,
 )
 
 NY_MARCH = datetime(2026, 3, 1, 5, 0, tzinfo=UTC)  # 00:00 EST on 1 March
@@ -224,13 +226,108 @@ def test_usage_thresholds_fire_once_each_per_period(owner_engine: Engine) -> Non
         (100, [80, 100]),
     ):
         end_call_at(tenant_id, march, seconds=minutes * 60)
+        billing.announce_usage_thresholds()  # the worker's pass
         events = _events(owner_engine, tenant_id, "usage.threshold_reached")
         assert [e["threshold_percent"] for e in events] == expected
     assert events[1]["used_minutes"] == 1000 and events[1]["period"] == "2026-03"
     # April is a new period: its thresholds are its own.
     end_call_at(tenant_id, datetime(2026, 4, 3, tzinfo=UTC), seconds=900 * 60)
+    billing.announce_usage_thresholds()
     events = _events(owner_engine, tenant_id, "usage.threshold_reached")
     assert [(e["period"], e["threshold_percent"]) for e in events][-1] == ("2026-04", 80)
+
+
+def test_thresholds_count_against_the_periods_prorated_pooled_minutes(
+    owner_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the current plan's minutes: the period's allowance, as its invoice counts it."""
+    tenant_id = create_billing_tenant(plan="pro", timezone="UTC")
+    monkeypatch.setattr("app.services.tenants.utcnow", lambda: datetime(2026, 3, 11, tzinfo=UTC))
+    with transaction(tenant_id) as session:
+        TenantService(session).update(_admin_scope(tenant_id), TenantUpdate(plan="starter"))
+    # March: pro 10 of 31 days, floor(10,000 x 10/31) = 3,225; starter 21 days,
+    # floor(1,000 x 21/31) = 677: 3,902 included. 800 minutes are 80% of starter's 1,000 alone.
+    end_call_at(tenant_id, datetime(2026, 3, 20, tzinfo=UTC), seconds=800 * 60)
+    billing.announce_usage_thresholds()
+    assert _events(owner_engine, tenant_id, "usage.threshold_reached") == []
+    end_call_at(tenant_id, datetime(2026, 3, 21, tzinfo=UTC), seconds=3200 * 60)
+    billing.announce_usage_thresholds()
+    events = _events(owner_engine, tenant_id, "usage.threshold_reached")
+    assert [(e["threshold_percent"], e["included_minutes"], e["plan"]) for e in events] == [
+        (80, 3902, "starter"),
+        (100, 3902, "starter"),
+    ]
+    with transaction(tenant_id) as session:
+        report = BillingService(session, tenant_id).usage("2026-03", APRIL_2)
+    assert report.included_minutes == 3902  # the same computation as the invoice's
+
+
+def test_a_call_end_never_waits_for_another_call_end_of_the_tenant(owner_engine: Engine) -> None:
+    """Metering appends: a tenant's call ends do not queue on its billing period's row, even
+    with a usage threshold ahead (they did: the row was locked until the commit)."""
+    tenant_id = create_billing_tenant(plan="starter")  # 1,000 included minutes: 80% ahead
+    march = datetime(2026, 3, 3, tzinfo=UTC)
+    end_call_at(tenant_id, march, seconds=60)  # the period is opened
+    _, first = end_call_at(tenant_id, march, seconds=600, send=False)
+    _, second = end_call_at(tenant_id, march, seconds=600, send=False)
+    with transaction() as holding:
+        TelephonyService(holding, twilio_urls()).apply_status_callback(first)
+        # `first` is metered and not committed; `second` must not wait for it.
+        with transaction() as other:
+            other.execute(text("SET LOCAL lock_timeout = '500ms'"))
+            TelephonyService(other, twilio_urls()).apply_status_callback(second)
+    assert sorted(m for _, _, m in _usage(owner_engine, tenant_id)) == [1, 10, 10]
+
+
+def test_call_ends_racing_across_the_thresholds_announce_each_once_with_exact_totals(
+    owner_engine: Engine,
+) -> None:
+    tenant_id = create_billing_tenant(plan="starter")  # 1,000 included minutes
+    march = datetime(2026, 3, 3, tzinfo=UTC)
+    forms = [end_call_at(tenant_id, march, seconds=30 * 60, send=False)[1] for _ in range(40)]
+    calls: list[dict[str, str]] = list(forms)
+    errors: list[BaseException] = []
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def end_calls() -> None:
+        while True:
+            with lock:
+                if not calls:
+                    return
+                form = calls.pop()
+            try:
+                apply_status_callback(form)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+    def worker() -> None:  # two workers' passes, racing the call ends and each other
+        while not done.is_set():
+            try:
+                billing.announce_usage_thresholds()
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+    enders = [threading.Thread(target=end_calls) for _ in range(8)]
+    workers = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in enders + workers:
+        thread.start()
+    for thread in enders:
+        thread.join(timeout=120)
+    done.set()
+    for thread in workers:
+        thread.join(timeout=60)
+    billing.announce_usage_thresholds()
+    assert errors == []
+    usage = _usage(owner_engine, tenant_id)
+    assert len(usage) == 40 and sum(m for _, _, m in usage) == 1200
+    events = _events(owner_engine, tenant_id, "usage.threshold_reached")
+    assert sorted(e["threshold_percent"] for e in events) == [80, 100]
+    for event in events:
+        assert event["included_minutes"] == 1000
+        assert event["used_minutes"] * 100 >= event["threshold_percent"] * 1000
+    billing.announce_usage_thresholds()  # nothing new: nothing again
+    assert len(_events(owner_engine, tenant_id, "usage.threshold_reached")) == 2
 
 
 def test_the_free_plan_cap_resets_at_its_local_month_start() -> None:
@@ -466,7 +563,7 @@ def test_the_worker_closes_each_tenants_previous_period_once(owner_engine: Engin
 
     # The worker's thread does the same on its own.
     other = create_billing_tenant(plan="pro", since=datetime(2026, 10, 1, tzinfo=UTC))
-    closer = billing.PeriodCloser(interval=0.2)
+    closer = billing.BillingThread(thresholds_interval=0.2, close_interval=0.2)
     closer.start()
     try:
         deadline = time.monotonic() + 30
