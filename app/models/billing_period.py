@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Index, String, UniqueConstraint
+from sqlalchemy import CheckConstraint, Index, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TenantOwned
@@ -23,6 +23,12 @@ class BillingPeriod(TenantOwned, Base):
         CheckConstraint("starts_at < ends_at", name="ordered"),
         CheckConstraint("notified_percent IN (0, 80, 100)", name="notified_percent"),
         Index("ix_billing_periods_tenant_id_starts_at", "tenant_id", "starts_at"),
+        # The worker's list of periods due for closing: only the unclosed ones.
+        Index(
+            "ix_billing_periods_unclosed_ends_at",
+            "ends_at",
+            postgresql_where=text("closed_at IS NULL"),
+        ),
     )
 
     period: Mapped[str] = mapped_column(String(7))  # YYYY-MM, the month in the tenant's timezone

@@ -682,28 +682,65 @@ def close_period(tenant_id: uuid.UUID, period: str, now: datetime | None = None)
         return BillingService(session, tenant_id).close(period, now or utcnow())
 
 
-# Every tenant's periods due for closing: the opened ones that ended before the cut-off and are
-# not closed, and the one before the period the cut-off falls in (opened by its close).
-_DUE_PERIODS = text("""
-SELECT t.id AS tenant_id, due.period
+# The tenants whose chain of opened periods does not yet run from their creation (their first
+# plan, or the row's creation for a tenant made without a plan history) to the period of :now.
+_CHAINS_TO_OPEN = text("""
+SELECT t.id AS tenant_id, least(created.at, :now) AS since
 FROM tenants t
 CROSS JOIN LATERAL (
-    SELECT b.period FROM billing_periods b
-     WHERE b.tenant_id = t.id AND b.closed_at IS NULL AND b.ends_at <= :cutoff
-    UNION
-    SELECT to_char(to_date(billing_period_at(t.id, :cutoff), 'YYYY-MM') - interval '1 month',
-                   'YYYY-MM')
-) due
+    SELECT least(t.created_at, min(c.changed_at)) AS at FROM plan_changes c WHERE c.tenant_id = t.id
+) created
 WHERE NOT EXISTS (
-    SELECT 1 FROM billing_periods c
-     WHERE c.tenant_id = t.id AND c.period = due.period AND c.closed_at IS NOT NULL
+    SELECT 1 FROM billing_periods b
+     WHERE b.tenant_id = t.id AND b.starts_at <= :now AND b.ends_at > :now
+) OR NOT EXISTS (
+    SELECT 1 FROM billing_periods b
+     WHERE b.tenant_id = t.id AND b.starts_at <= least(created.at, :now)
 )
-ORDER BY t.id, due.period
+ORDER BY t.id
+""")
+# Every tenant's periods due for closing: the opened ones that ended before the cut-off and are
+# not closed (a partial index holds just the unclosed ones).
+_DUE_PERIODS = text("""
+SELECT b.tenant_id, b.period FROM billing_periods b
+WHERE b.closed_at IS NULL AND b.ends_at <= :cutoff
+ORDER BY b.tenant_id, b.period
 """)
 
 
+def chains_to_open(now: datetime) -> list[Row[Any]]:
+    """(tenant_id, since) of every tenant whose periods are not all opened from its creation
+    (`since`) to the period of `now`, across tenants.
+
+    The worker's cross-tenant call site for opening billing periods (SPEC 2): a list of ids and
+    moments; each tenant's periods are then opened in its own transaction.
+    """
+    with transaction() as session, system_scope(session):
+        return list(session.execute(_CHAINS_TO_OPEN, {"now": now}).all())
+
+
+def open_chains(now: datetime) -> int:
+    """Open every tenant's periods from its creation to the period of `now` (the openers fill
+    the chain between), so that every month a tenant owes is a row the close finds, used or not,
+    and call ends find their period opened; returns how many tenants it opened periods for."""
+    opened = 0
+    for chain in chains_to_open(now):
+        try:
+            with transaction(chain.tenant_id) as session:
+                for moment in (chain.since, now):
+                    open_period(
+                        session, chain.tenant_id, period_at(session, chain.tenant_id, moment)
+                    )
+            opened += 1
+        except Exception:
+            logger.exception(
+                "opening billing periods failed", extra={"tenant_id": str(chain.tenant_id)}
+            )
+    return opened
+
+
 def due_periods(now: datetime) -> list[Row[Any]]:
-    """(tenant_id, period) of every period due for closing at `now`, across tenants.
+    """(tenant_id, period) of every opened period due for closing at `now`, across tenants.
 
     The worker's cross-tenant call site for billing (SPEC 2): a list of ids and months; each
     close then runs in its tenant's own transaction.
@@ -713,11 +750,14 @@ def due_periods(now: datetime) -> list[Row[Any]]:
 
 
 def close_due_periods(now: datetime | None = None) -> int:
-    """Close every tenant's periods that ended more than an hour ago; returns how many closed.
+    """Close every month every tenant owes that ended more than an hour ago, from the tenant's
+    creation on, used or not (a month missed while the worker was down included); returns how
+    many closed.
 
     One tenant's failure is logged and retried on the next run; it stops no other tenant.
     """
     at = now or utcnow()
+    open_chains(at)
     closed = 0
     for due in due_periods(at):
         try:

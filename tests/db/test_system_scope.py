@@ -20,6 +20,9 @@ ALLOWED = {
     ("app/services/tenants.py", "find_by_slug"),  # operator CLI: find a tenant by slug
     # The worker's billing close: the (tenant, month) pairs due; each close is tenant-scoped.
     ("app/services/billing.py", "due_periods"),
+    # The worker's billing close: the tenants whose periods are not all opened since their
+    # creation; each tenant's periods are then opened tenant-scoped.
+    ("app/services/billing.py", "chains_to_open"),
     # The worker's usage thresholds: the tenants with new usage; each is looked at tenant-scoped.
     ("app/services/billing.py", "tenants_with_unchecked_usage"),
     ("app/services/idempotency.py", "prune_expired"),  # the worker: keys past 24 hours

@@ -545,21 +545,25 @@ def test_a_void_keeps_the_number_and_an_issued_invoice_never_changes(
 # --- the worker ---------------------------------------------------------------------------------
 
 
-def test_the_worker_closes_each_tenants_previous_period_once(owner_engine: Engine) -> None:
-    tenant_id = create_billing_tenant(plan="starter", since=datetime(2026, 10, 1, tzinfo=UTC))
+def test_the_worker_invoices_each_month_owed_once(owner_engine: Engine) -> None:
     now = datetime.now(UTC)
-    newcomer = create_billing_tenant(plan="pro", since=now)  # held no plan last month
-    previous = billing.previous_period(now.strftime("%Y-%m"))
+    previous = billing.previous_period((now - timedelta(hours=1)).strftime("%Y-%m"))
+    before = billing.previous_period(previous)
+    since = datetime(int(before[:4]), int(before[5:]), 1, tzinfo=UTC)
+    tenant_id = create_billing_tenant(plan="starter", since=since)  # no call, ever
+    newcomer = create_billing_tenant(plan="pro", since=now)  # owes nothing yet
     billing.close_due_periods(now)
     billing.close_due_periods(now)
     assert count_tenant_rows(owner_engine, "invoices", newcomer) == 0
     assert (
-        count_tenant_rows(owner_engine, "billing_periods", newcomer, "closed_at IS NOT NULL") == 1
+        count_tenant_rows(owner_engine, "billing_periods", newcomer, "closed_at IS NOT NULL") == 0
     )
     invoices = _rows(
-        owner_engine, "SELECT period, total_cents FROM invoices WHERE tenant_id = :t", t=tenant_id
+        owner_engine,
+        "SELECT period, total_cents FROM invoices WHERE tenant_id = :t ORDER BY period",
+        t=tenant_id,
     )
-    assert [tuple(r) for r in invoices] == [(previous, 4900)]
+    assert [tuple(r) for r in invoices] == [(before, 4900), (previous, 4900)]
 
     # The worker's thread does the same on its own.
     other = create_billing_tenant(plan="pro", since=datetime(2026, 10, 1, tzinfo=UTC))
@@ -573,6 +577,32 @@ def test_the_worker_closes_each_tenants_previous_period_once(owner_engine: Engin
     finally:
         closer.stop()
         closer.join(timeout=30)
+
+
+def test_months_missed_while_the_worker_was_down_are_invoiced_used_or_not(
+    owner_engine: Engine,
+) -> None:
+    """Every month from the tenant's creation is owed, whether or not a call opened its period:
+    a worker back after months away invoices each of them, once."""
+    quiet = create_billing_tenant(plan="starter", since=datetime(2026, 8, 16, tzinfo=UTC))
+    busy = create_billing_tenant(plan="starter", since=datetime(2026, 8, 1, tzinfo=UTC))
+    end_call_at(busy, datetime(2026, 8, 20, tzinfo=UTC), seconds=600)  # opens August alone
+    back = datetime(2026, 12, 2, tzinfo=UTC)  # the worker was down from August until now
+    billing.close_due_periods(back)
+    billing.close_due_periods(back)
+
+    def invoiced(tenant_id: uuid.UUID) -> list[tuple[str, int]]:
+        rows = _rows(
+            owner_engine,
+            "SELECT period, total_cents FROM invoices WHERE tenant_id = :t ORDER BY period",
+            t=tenant_id,
+        )
+        return [(r.period, r.total_cents) for r in rows]
+
+    # Created on 16 August: 16 of August's 31 days, 4,900 x 16/31 = 2,529.03 -> 2,529.
+    months = [("2026-09", 4900), ("2026-10", 4900), ("2026-11", 4900)]
+    assert invoiced(quiet) == [("2026-08", 2529), *months]
+    assert invoiced(busy) == [("2026-08", 4900), *months]
 
 
 def test_a_period_missing_inside_the_chain_is_opened_alone(owner_engine: Engine) -> None:
