@@ -579,6 +579,18 @@ def test_the_worker_invoices_each_month_owed_once(owner_engine: Engine) -> None:
         closer.join(timeout=30)
 
 
+def test_the_worker_rests_after_each_close_as_long_as_it_took_and_stops_when_told() -> None:
+    tenants = [create_billing_tenant() for _ in range(3)]
+    rests: list[float] = []
+
+    def pause(took: float) -> bool:  # a stop event's wait: True once the worker is stopping
+        rests.append(took)
+        return len(rests) == 2
+
+    assert billing.close_periods([(t, "2026-02") for t in tenants], APRIL_2, pause=pause) == 2
+    assert len(rests) == 2 and all(took > 0 for took in rests)
+
+
 def test_months_missed_while_the_worker_was_down_are_invoiced_used_or_not(
     owner_engine: Engine,
 ) -> None:
