@@ -61,6 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     close.add_argument("period", help="the month, YYYY-MM, in each tenant's timezone")
     close.add_argument("--tenant", help="one tenant's slug (default: every tenant)")
+    close.add_argument(
+        "--reissue",
+        action="store_true",
+        help="invoice again a period whose invoice was voided (a new number; needs --tenant)",
+    )
 
     rotate = command(
         "rotate-encryption-key",

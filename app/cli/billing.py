@@ -11,11 +11,14 @@ from app.services import billing
 
 def close_period(args: argparse.Namespace) -> int:
     """Close YYYY-MM into invoices: one tenant's (--tenant) or every tenant's whose period it is
-    due. Safe to run beside the worker, and again: a closed period keeps its one invoice."""
+    due. Safe to run beside the worker, and again: a closed period keeps its one invoice. With
+    --reissue (one tenant), a period whose invoice was voided is invoiced again, new number."""
     try:
         period = billing.parse_period(args.period)
     except billing.InvalidPeriod as exc:
         raise CliError(exc.detail) from exc
+    if args.reissue and not args.tenant:
+        raise CliError("--reissue corrects one tenant's invoice: name it with --tenant.")
     if args.tenant:
         tenant = _find_tenant(args.tenant)
         if tenant is None:
@@ -26,7 +29,7 @@ def close_period(args: argparse.Namespace) -> int:
     not_ended = 0
     for tenant_id in tenant_ids:
         try:
-            invoice = billing.close_period(tenant_id, period)
+            invoice = billing.close_period(tenant_id, period, reissue=args.reissue)
         except billing.PeriodNotEnded as exc:
             print(f"{tenant_id}: {exc.detail}")
             not_ended += 1

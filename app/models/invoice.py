@@ -4,7 +4,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Index, String, Text, UniqueConstraint
+from sqlalchemy import CheckConstraint, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -27,8 +27,15 @@ class Invoice(TenantOwned, Base):
     __tablename__ = "invoices"
     __table_args__ = (
         UniqueConstraint("tenant_id", "id"),
-        # One invoice per tenant and period, whatever runs the close how many times.
-        UniqueConstraint("tenant_id", "period"),
+        # One issued invoice per tenant and period, whatever runs the close how many times; a
+        # voided one may be followed by its reissue (BillingService.close, reissue=True).
+        Index(
+            "uq_invoices_tenant_id_period_issued",
+            "tenant_id",
+            "period",
+            unique=True,
+            postgresql_where=text("status = 'issued'"),
+        ),
         UniqueConstraint("number"),
         CheckConstraint("status IN ('issued', 'void')", name="status"),
         CheckConstraint(

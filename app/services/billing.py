@@ -542,14 +542,17 @@ class BillingService:
 
     # -- close ---------------------------------------------------------------------------------
 
-    def close(self, period: str, now: datetime) -> Invoice | None:
+    def close(self, period: str, now: datetime, *, reissue: bool = False) -> Invoice | None:
         """Close the tenant's `period` into its invoice, in the caller's transaction.
 
-        Guarantees: one invoice per tenant and period, whoever closes it how often at once (the
-        period row is locked FOR UPDATE and marked closed; a second close waits and finds it
-        closed, and returns the same invoice); all-or-nothing with the caller's transaction,
-        the invoice number included (the counter row is updated in it, last, so a rolled-back
-        close consumes no number); a period with nothing to bill is closed without an invoice.
+        Guarantees: one issued invoice per tenant and period, whoever closes it how often at
+        once (the period row is locked FOR UPDATE and marked closed; a second close waits and
+        finds it closed, and returns the same invoice); all-or-nothing with the caller's
+        transaction, the invoice number included (the counter row is updated in it, so a
+        rolled-back close consumes no number); a period with nothing to bill is closed without
+        an invoice. `reissue`: a closed period whose invoice was voided is invoiced again, from
+        its usage as it is now, under a new number (the operator's correction); otherwise a void
+        invoice stays the period's last word.
         """
         parse_period(period)
         row = self._lock_period(period)
@@ -559,10 +562,12 @@ class BillingService:
                 " after that."
             )
         if row.closed_at is not None:
-            return self._invoice_of(period)
+            invoice = self._invoice_of(period)
+            if not (reissue and invoice is not None and invoice.status == InvoiceStatus.void):
+                return invoice
         bounds = PeriodBounds(row.period, row.starts_at, row.ends_at, row.timezone)
         charges = self.charges(bounds)
-        row.closed_at = now
+        row.closed_at = row.closed_at or now
         self.session.flush()
         if not charges.lines:
             return None
@@ -610,8 +615,12 @@ class BillingService:
         return row
 
     def _invoice_of(self, period: str) -> Invoice | None:
+        """The period's issued invoice, else its last voided one (None: never invoiced)."""
         return self.session.scalars(
-            scoped(Invoice, self.tenant_id).where(Invoice.period == period)
+            scoped(Invoice, self.tenant_id)
+            .where(Invoice.period == period)
+            .order_by((Invoice.status == InvoiceStatus.issued).desc(), Invoice.issued_at.desc())
+            .limit(1)
         ).one_or_none()
 
     # -- invoices ------------------------------------------------------------------------------
@@ -637,7 +646,8 @@ class BillingService:
 
     def void(self, invoice_id: uuid.UUID, reason: str, now: datetime) -> Invoice:
         """Void an issued invoice (platform admin), with a reason. It keeps its number and its
-        lines; the period stays closed (its charges are cancelled, not re-billed)."""
+        lines; the period stays closed: its charges are cancelled, and billed again only if the
+        operator reissues it (`close(..., reissue=True)`, the CLI's `close-period --reissue`)."""
         invoice = get_scoped_for_update(
             self.session, Invoice, self._scope(), invoice_id, what="Invoice"
         )
@@ -689,10 +699,12 @@ def invoice_payload(invoice: Invoice) -> dict[str, Any]:
 # --- closing outside requests: the CLI and the worker ---------------------------------------
 
 
-def close_period(tenant_id: uuid.UUID, period: str, now: datetime | None = None) -> Invoice | None:
+def close_period(
+    tenant_id: uuid.UUID, period: str, now: datetime | None = None, *, reissue: bool = False
+) -> Invoice | None:
     """Close one tenant's period in a transaction of its own (see `BillingService.close`)."""
     with transaction(tenant_id) as session:
-        return BillingService(session, tenant_id).close(period, now or utcnow())
+        return BillingService(session, tenant_id).close(period, now or utcnow(), reissue=reissue)
 
 
 # The tenants whose chain of opened periods does not yet run from their creation (their first

@@ -517,6 +517,26 @@ def test_a_late_callback_after_the_close_is_billed_once_on_the_next_invoice(
     assert [line["kind"] for line in may.lines] == ["base_fee"]  # billed once, not again
 
 
+def test_late_usage_of_a_reissued_period_is_priced_against_its_issued_invoice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tenant_id = create_billing_tenant(plan="starter")
+    end_call_at(tenant_id, datetime(2026, 3, 20, tzinfo=UTC), seconds=990 * 60)
+    first = _close(tenant_id, "2026-03", datetime(2026, 4, 1, 2, tzinfo=UTC))
+    with transaction(tenant_id) as session:
+        BillingService(session, _admin_scope(tenant_id)).void(first.id, "Wrong name", APRIL_2)
+    reissued = billing.close_period(tenant_id, "2026-03", APRIL_2, reissue=True)
+    assert reissued is not None and reissued.id != first.id and reissued.status == "issued"
+    assert reissued.number > first.number and _lines(reissued) == _lines(first)
+
+    monkeypatch.setattr(
+        "app.services.telephony.utcnow", lambda: datetime(2026, 4, 1, 3, tzinfo=UTC)
+    )
+    end_call_at(tenant_id, datetime(2026, 3, 31, 23, 50, tzinfo=UTC), seconds=30 * 60)
+    april = _close(tenant_id, "2026-04", datetime(2026, 5, 2, tzinfo=UTC))
+    assert _lines(april)[-1] == ("late_usage", "starter", 20, 5, 100)  # 1,020 of 1,000
+
+
 def test_a_void_keeps_the_number_and_an_issued_invoice_never_changes(
     app_engine: Engine,
 ) -> None:
