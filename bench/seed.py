@@ -108,9 +108,11 @@ def seed(
             FROM (SELECT id, tenant_id FROM calls WHERE provider_call_sid LIKE 'CAbench%'
                   ORDER BY provider_call_sid LIMIT :turn_sample) c,
                  generate_series(0, 7) s""",
-        """INSERT INTO usage_records (id, tenant_id, call_id, period, billed_period, minutes)
+        # History, its usage thresholds already looked at: the worker has nothing to check in it.
+        """INSERT INTO usage_records (id, tenant_id, call_id, period, billed_period, minutes,
+                                      thresholds_checked)
             SELECT gen_random_uuid(), tenant_id, id, to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM'),
-                   to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM'), billable_minutes
+                   to_char(ended_at AT TIME ZONE 'UTC', 'YYYY-MM'), billable_minutes, true
             FROM calls WHERE status = 'completed' AND provider_call_sid LIKE 'CAbench%'""",
     ]
     with engine.begin() as conn:
