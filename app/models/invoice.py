@@ -26,9 +26,9 @@ class Invoice(TenantOwned, Base):
 
     __tablename__ = "invoices"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
         # One invoice per tenant and period, whatever runs the close how many times.
         UniqueConstraint("tenant_id", "period"),
+        # Platform-wide: the platform issues one gapless sequence per year (docs/scaling.md).
         UniqueConstraint("number"),
         CheckConstraint("status IN ('issued', 'void')", name="status"),
         CheckConstraint(
