@@ -7,7 +7,6 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -18,7 +17,6 @@ from app.models.base import Base, TenantOwned
 class AIProfile(TenantOwned, Base):
     __tablename__ = "ai_profiles"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
         CheckConstraint("temperature >= 0 AND temperature <= 2", name="temperature"),
         CheckConstraint(
             "max_call_duration_seconds BETWEEN 30 AND 14400", name="max_call_duration_seconds"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Index, String, UniqueConstraint
+from sqlalchemy import CheckConstraint, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TenantOwned
@@ -11,7 +11,6 @@ from app.models.base import Base, TenantOwned
 class ApiKey(TenantOwned, Base):
     __tablename__ = "api_keys"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
         CheckConstraint("role IN ('admin', 'read_only')", name="role"),
         Index("ix_api_keys_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
     )

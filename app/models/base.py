@@ -49,13 +49,21 @@ class TimestampMixin:
     )
 
 
-class TenantOwned(IdMixin, TimestampMixin):
+class TenantOwned(TimestampMixin):
     """A row that belongs to exactly one tenant; RLS and composite FKs key on `tenant_id`.
 
-    Subclasses must declare `UniqueConstraint("tenant_id", "id")` in `__table_args__`, so other
-    tenant rows can reference them with a composite foreign key.
+    Its primary key is `(tenant_id, id)`, in that order (SPEC 14: Citus distributes every tenant
+    table by tenant_id, and a distributed table's primary and unique keys must include it). Other
+    tenant rows reference it with a composite foreign key to that key, so one tenant's row can
+    never point at another's. The ORM identity is the pair: look a row up with
+    `app.services.scope.get_scoped`, never `session.get(Model, id)`.
     """
 
+    # sort_order puts tenant_id first in the table, and so first in the primary key.
     @declared_attr
     def tenant_id(cls) -> Mapped[uuid.UUID]:  # noqa: N805 - SQLAlchemy's declared_attr convention
-        return mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False)
+        return mapped_column(
+            ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True, sort_order=-2
+        )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id, sort_order=-1)

@@ -18,7 +18,6 @@ class BillingPeriod(TenantOwned, Base):
 
     __tablename__ = "billing_periods"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
         UniqueConstraint("tenant_id", "period"),
         CheckConstraint("starts_at < ends_at", name="ordered"),
         CheckConstraint("notified_percent IN (0, 80, 100)", name="notified_percent"),

@@ -10,7 +10,6 @@ from sqlalchemy import (
     Index,
     String,
     Text,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -75,7 +74,6 @@ def _in(statuses: tuple[CallStatus, ...]) -> str:
 class Call(TenantOwned, Base):
     __tablename__ = "calls"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
         CheckConstraint("direction IN ('inbound', 'outbound')", name="direction"),
         CheckConstraint(_in(tuple(CallStatus)), name="status"),
         # A call talking since when: what its line is counted by (see the index below).
@@ -119,6 +117,8 @@ class Call(TenantOwned, Base):
     status: Mapped[CallStatus] = mapped_column(String(20))
     from_number: Mapped[str] = mapped_column(String(32))
     to_number: Mapped[str] = mapped_column(String(32))
+    # Twilio's CallSid, unique platform-wide: a status callback carries only it, and it binds the
+    # request to the call's tenant (on Citus: a routing table, docs/scaling.md).
     provider_call_sid: Mapped[str | None] = mapped_column(String(64), unique=True)
     started_at: Mapped[datetime | None]
     answered_at: Mapped[datetime | None]

@@ -21,7 +21,6 @@ class CallTurn(TenantOwned, Base):
 
     __tablename__ = "call_turns"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
         UniqueConstraint("tenant_id", "call_id", "seq"),
         CheckConstraint("role IN ('agent', 'caller')", name="role"),
         ForeignKeyConstraint(

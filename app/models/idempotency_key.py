@@ -29,7 +29,6 @@ class IdempotencyKey(_StoredResponse, TenantOwned, Base):
 
     __tablename__ = "idempotency_keys"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
         UniqueConstraint("tenant_id", "key_hash"),
         Index("ix_idempotency_keys_created_at", "created_at"),  # the worker's pruning
     )

@@ -26,7 +26,6 @@ class Invoice(TenantOwned, Base):
 
     __tablename__ = "invoices"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
         # One issued invoice per tenant and period, whatever runs the close how many times; a
         # voided one may be followed by its reissue (BillingService.close, reissue=True).
         Index(
@@ -36,6 +35,7 @@ class Invoice(TenantOwned, Base):
             unique=True,
             postgresql_where=text("status = 'issued'"),
         ),
+        # Platform-wide: the platform issues one gapless sequence per year (docs/scaling.md).
         UniqueConstraint("number"),
         CheckConstraint("status IN ('issued', 'void')", name="status"),
         CheckConstraint(

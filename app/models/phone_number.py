@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, String, UniqueConstraint
+from sqlalchemy import CheckConstraint, ForeignKeyConstraint, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TenantOwned
@@ -11,7 +11,6 @@ from app.models.base import Base, TenantOwned
 class PhoneNumber(TenantOwned, Base):
     __tablename__ = "phone_numbers"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
         CheckConstraint("status IN ('active', 'inactive')", name="status"),
         # Composite: a number can only point at a profile of its own tenant.
         ForeignKeyConstraint(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TenantOwned
@@ -13,10 +13,7 @@ class PlanChange(TenantOwned, Base):
     tenant's creation). Invoices prorate base fees and included minutes from these rows."""
 
     __tablename__ = "plan_changes"
-    __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
-        Index("ix_plan_changes_tenant_id_changed_at", "tenant_id", "changed_at"),
-    )
+    __table_args__ = (Index("ix_plan_changes_tenant_id_changed_at", "tenant_id", "changed_at"),)
 
     changed_at: Mapped[datetime]
     from_plan: Mapped[str | None] = mapped_column(String(20), ForeignKey("plans.name"))

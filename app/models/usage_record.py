@@ -15,7 +15,6 @@ class UsageRecord(TenantOwned, Base):
 
     __tablename__ = "usage_records"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
         UniqueConstraint("tenant_id", "call_id"),
         ForeignKeyConstraint(
             ["tenant_id", "call_id"], ["calls.tenant_id", "calls.id"], ondelete="CASCADE"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKeyConstraint, Index, Text, UniqueConstraint
+from sqlalchemy import ForeignKeyConstraint, Index, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TenantOwned
@@ -14,7 +14,6 @@ class WebhookDeliveryAttempt(TenantOwned, Base):
 
     __tablename__ = "webhook_delivery_attempts"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
         ForeignKeyConstraint(
             ["tenant_id", "delivery_id"],
             ["webhook_deliveries.tenant_id", "webhook_deliveries.id"],

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, String, Text, UniqueConstraint, text
+from sqlalchemy import Index, String, Text, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -14,7 +14,6 @@ class WebhookEndpoint(TenantOwned, Base):
 
     __tablename__ = "webhook_endpoints"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
         Index("ix_webhook_endpoints_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
     )
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import Index, String, Text, UniqueConstraint
+from sqlalchemy import Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, TenantOwned
@@ -11,7 +11,6 @@ class WebhookEvent(TenantOwned, Base):
 
     __tablename__ = "webhook_events"
     __table_args__ = (
-        UniqueConstraint("tenant_id", "id"),
         Index("ix_webhook_events_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
         # The worker's retention across tenants (app/webhooks/retention.py).
         Index("ix_webhook_events_created_at", "created_at"),

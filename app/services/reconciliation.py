@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, tuple_, update
 
 from app.config.database import system_scope, transaction
 from app.config.settings import settings
@@ -69,7 +69,7 @@ def claim_stale_calls(now: datetime | None = None, limit: int = CLAIM_LIMIT) -> 
             select(cutoffs.c.ringing_since, cutoffs.c.talking_since)
         ).one()
         stale = (
-            select(Call.id)
+            select(Call.tenant_id, Call.id)
             .where(
                 or_(
                     and_(Call.status.in_(RINGING_STATUSES), Call.created_at <= ringing_since),
@@ -83,7 +83,8 @@ def claim_stale_calls(now: datetime | None = None, limit: int = CLAIM_LIMIT) -> 
         )
         rows = session.execute(
             update(Call)
-            .where(Call.id.in_(stale.scalar_subquery()))
+            # The primary key, (tenant_id, id): `id IN (…)` alone matches no index.
+            .where(tuple_(Call.tenant_id, Call.id).in_(stale))
             .values(reconcile_after=now + LEASE)
             .returning(Call.tenant_id, Call.id, Call.provider_call_sid, Call.reconcile_attempts)
             .execution_options(synchronize_session=False)

@@ -71,9 +71,19 @@ def scoped(model: type[M], scope: TenantScope | uuid.UUID) -> Select[M]:
 
 
 def get_scoped(
-    session: Session, model: type[M], scope: TenantScope, row_id: uuid.UUID, *, what: str
+    session: Session,
+    model: type[M],
+    scope: TenantScope | uuid.UUID,
+    row_id: uuid.UUID,
+    *,
+    what: str,
 ) -> M:
-    """The row `row_id` of the scope's tenant, or NotFound (also for another tenant's row)."""
+    """The row `row_id` of the scope's tenant, or NotFound (also for another tenant's row).
+
+    The one lookup by id: a tenant row's primary key, and so its ORM identity, is
+    `(tenant_id, id)` (app/models/base.py), so `session.get(Model, id)` does not work; this
+    matches the whole key, one probe of the primary-key index.
+    """
     row = session.scalars(
         scoped(model, scope).where(model.id == row_id)  # type: ignore[attr-defined]
     ).one_or_none()
@@ -83,8 +93,14 @@ def get_scoped(
 
 
 def get_scoped_for_update(
-    session: Session, model: type[M], scope: TenantScope, row_id: uuid.UUID, *, what: str
+    session: Session,
+    model: type[M],
+    scope: TenantScope | uuid.UUID,
+    row_id: uuid.UUID,
+    *,
+    what: str,
 ) -> M:
+    """`get_scoped`, with the row locked FOR UPDATE until the transaction ends."""
     row = session.scalars(
         scoped(model, scope)
         .where(model.id == row_id)  # type: ignore[attr-defined]

@@ -80,15 +80,18 @@ class DeliveryOutcome:
 # Every step is an index lookup whatever the statistics say. Written as a join of the picked rows
 # with endpoints and events, the planner chose by its row estimates, and when they favoured hash
 # joins each claim read all of webhook_deliveries and webhook_events: 20-70 ms a claim at 40,000
-# events, half the worker's throughput, in about half of the benchmark's runs. The picked ids are
-# an array matched on the primary key, and the endpoint and the event are LATERAL lookups (LIMIT
-# 1 keeps each one a per-row index probe instead of a join the planner may turn around).
+# events, half the worker's throughput, in about half of the benchmark's runs. The picked rows
+# are an array of their row addresses (ctid: exact while the row lock is held, and fetched without
+# an index), and the endpoint and the event are LATERAL lookups (LIMIT 1 keeps each one a per-row
+# index probe instead of a join the planner may turn around). Not an array of ids: the primary
+# key is (tenant_id, id), so ids alone match no index (a claim read the whole table, 124 ms at
+# 200,000 deliveries); and two arrays, of tenants and ids, made tenants x ids index probes.
 _CLAIM_SQL = """
 WITH claimed AS (
     UPDATE webhook_deliveries AS d
     SET status = 'delivering', lease_expires_at = :lease_expires_at, updated_at = now()
-    WHERE d.id = ANY (ARRAY(
-        SELECT id FROM webhook_deliveries
+    WHERE d.ctid = ANY (ARRAY(
+        SELECT ctid FROM webhook_deliveries
         WHERE {condition}
         ORDER BY {order}
         LIMIT :limit

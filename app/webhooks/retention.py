@@ -22,9 +22,12 @@ BATCH_SIZE = 500
 # Per call, so the worker's claim loop is never held long; the rest waits for the next call.
 MAX_BATCHES = 20
 
+# Each batch's rows by their row address (ctid, exact while the batch holds their locks), as the
+# worker's claim does (app/webhooks/delivery.py): the primary key is (tenant_id, id), so an array
+# of ids alone would match no index.
 _DELETE_DELIVERIES = text("""
-DELETE FROM webhook_deliveries WHERE id = ANY (ARRAY(
-    SELECT id FROM webhook_deliveries
+DELETE FROM webhook_deliveries WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM webhook_deliveries
     WHERE status IN ('succeeded', 'dead') AND updated_at < :cutoff
     ORDER BY updated_at
     LIMIT :limit
@@ -32,8 +35,8 @@ DELETE FROM webhook_deliveries WHERE id = ANY (ARRAY(
 ))
 """)
 _DELETE_EVENTS = text("""
-DELETE FROM webhook_events WHERE id = ANY (ARRAY(
-    SELECT ev.id FROM webhook_events AS ev
+DELETE FROM webhook_events WHERE ctid = ANY (ARRAY(
+    SELECT ev.ctid FROM webhook_events AS ev
     WHERE ev.created_at < :cutoff
       AND NOT EXISTS (
           SELECT 1 FROM webhook_deliveries AS d

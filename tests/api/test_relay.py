@@ -31,6 +31,7 @@ from app.config.settings import settings
 from app.llm.agent import reset_llm_client
 from app.models import Call, CallTurn
 from app.services import relay as relay_service
+from app.services.scope import get_scoped
 from app.telephony import relay as relay_protocol
 from app.telephony.relay import APOLOGY, GOODBYE, TIME_LIMIT_GOODBYE, TRANSFER_NOTICE
 from app.telephony.signature import websocket_url
@@ -214,9 +215,7 @@ def stored_turns(call: RingingCall | tuple[uuid.UUID, uuid.UUID]) -> list[tuple[
 
 def stored_call(tenant_id: uuid.UUID, call_id: uuid.UUID) -> Call:
     with transaction(tenant_id) as session:
-        call = session.get(Call, call_id)
-        assert call is not None
-        return call
+        return get_scoped(session, Call, tenant_id, call_id, what="Call")
 
 
 def hang_up(client: TestClient, call: RingingCall, duration: int = 12) -> Call:
@@ -872,8 +871,7 @@ def test_a_foreign_call_is_closed_and_left_untouched(
 def test_a_finished_call_cannot_be_bound(server: str, tenant: TenantFixture) -> None:
     call = create_ringing_call(tenant.id)
     with transaction(tenant.id) as session:
-        row = session.get(Call, call.call_id)
-        assert row is not None
+        row = get_scoped(session, Call, tenant.id, call.call_id, what="Call")
         row.status = "completed"
     relay = open_relay(server, call.call_id)
     relay.setup(call.call_sid, call.call_id)

@@ -12,16 +12,17 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from app.models import Base
 from app.models.rls import POLICY_NAME
 
-# Platform-wide uniqueness that is right by definition (SPEC §2): a number belongs to one tenant;
-# key prefixes and Twilio CallSids are global identifiers; invoice numbers are the platform's
-# (one sequence per year across tenants: the platform is the issuer).
+# The only unique keys of tenant tables without tenant_id: platform-wide by definition (SPEC §2),
+# each resolved before any tenant is known. On Citus each moves to a table of its own that maps
+# the key to its tenant (docs/scaling.md, "Citus"); a new entry needs a reason here and there.
 GLOBAL_UNIQUE = {
-    ("phone_numbers", ("number",)),
-    ("api_keys", ("prefix",)),
-    ("calls", ("provider_call_sid",)),
-    ("invoices", ("number",)),
+    ("phone_numbers", ("number",)): "an E.164 number routes an inbound call to one tenant",
+    ("api_keys", ("prefix",)): "a presented key is found by its prefix before its tenant",
+    ("calls", ("provider_call_sid",)): "Twilio's callbacks carry only the CallSid",
+    ("invoices", ("number",)): "one gapless sequence per year: the platform is the issuer",
 }
 # invoice_counters: the platform's invoice numbers (the platform is the issuer), one row per year.
 # admin_idempotency_keys: the platform admin key's Idempotency-Keys (the admin is no tenant).
@@ -139,12 +140,16 @@ def test_unique_constraints_include_tenant_id(owner_engine: Engine) -> None:
                 " AND c.relnamespace = 'public'::regnamespace"
             )
         ).all()
+    excepted = set()
     for row in rows:
         if row.tbl in PLATFORM_TABLES:
             continue
         if (row.tbl, tuple(row.cols)) in GLOBAL_UNIQUE:
+            excepted.add((row.tbl, tuple(row.cols)))
             continue
         assert "tenant_id" in row.cols, f"unique index on {row.tbl}{row.cols} lacks tenant_id"
+    # No stale exception: each one still names a unique key of the database.
+    assert excepted == set(GLOBAL_UNIQUE)
 
 
 def test_app_role_cannot_bypass_rls(app_engine: Engine) -> None:
@@ -259,12 +264,6 @@ def test_composite_fk_rejects_cross_tenant_reference(app_engine: Engine) -> None
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Citus readiness (SPEC 14, docs/scaling.md): tenant tables' primary keys are still "
-    "(id). Moving them to (tenant_id, id) changes the ORM identity (every session.get by id), so "
-    "it is its own migration; strict, so this marker must go when that lands.",
-)
 def test_primary_keys_include_tenant_id(owner_engine: Engine) -> None:
     """Citus distributes a table by tenant_id only if its primary key includes tenant_id."""
     with owner_engine.connect() as conn:
@@ -281,3 +280,24 @@ def test_primary_keys_include_tenant_id(owner_engine: Engine) -> None:
         row.tbl for row in rows if row.tbl not in PLATFORM_TABLES and "tenant_id" not in row.cols
     )
     assert not missing, f"primary keys without tenant_id: {missing}"
+
+
+def test_the_models_declare_the_primary_keys_of_the_database(owner_engine: Engine) -> None:
+    """`alembic check` does not compare primary keys; the ORM identity is the model's key."""
+    with owner_engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT c.relname AS tbl,"
+                " ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY AS k(n, i)"
+                "       JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.n"
+                "       ORDER BY k.i) AS cols"
+                " FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid"
+                " WHERE con.contype = 'p' AND c.relnamespace = 'public'::regnamespace"
+            )
+        ).all()
+    in_database = {row.tbl: list(row.cols) for row in rows if row.tbl != "alembic_version"}
+    in_models = {
+        table.name: [column.name for column in table.primary_key.columns]
+        for table in Base.metadata.sorted_tables
+    }
+    assert in_models == in_database

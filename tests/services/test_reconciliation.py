@@ -22,6 +22,7 @@ from app.services.reconciliation import (
     claim_stale_calls,
     reconcile_call,
 )
+from app.services.scope import get_scoped
 from app.telephony.rest import TwilioRest
 from tests.fakes.fake_twilio import FakeTwilio
 from tests.helpers import TenantFixture, count_tenant_rows, insert_call, twilio_call_sid
@@ -51,9 +52,7 @@ def _mine(claimed: list[StaleCall], *call_ids: uuid.UUID) -> list[StaleCall]:
 
 def _call(tenant_id: uuid.UUID, call_id: uuid.UUID) -> Call:
     with transaction(tenant_id) as session:
-        call = session.get(Call, call_id)
-        assert call is not None
-        return call
+        return get_scoped(session, Call, tenant_id, call_id, what="Call")
 
 
 def test_only_calls_past_their_limits_are_claimed(tenant: TenantFixture) -> None:
