@@ -87,7 +87,7 @@ class WebhookWorker:
         if timeout_seconds is None:
             timeout_seconds = settings.WEBHOOK_TIMEOUT_SECONDS
         if lease <= send_budget(timeout_seconds):
-            raise ValueError("the lease must outlast one send (timeout + 5 s)")
+            raise ValueError(f"the lease must outlast one send ({send_budget(timeout_seconds)})")
         self.batch_size = batch_size
         self._room_threshold = max(1, batch_size // 2)
         # Sending threads use a pooled connection only to give a claim back; the claim loop and the
