@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -105,6 +106,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.is_production:
         await run_in_threadpool(_verify_database_role)
     install_drain(asyncio.get_running_loop(), settings.DRAIN_TIMEOUT_SECONDS)
+    # What the app imported and built lives as long as the process: out of the collector's reach,
+    # so a full collection walks only what requests made (it stalled the loop 100-150 ms).
+    gc.collect()
+    gc.freeze()
     loop_lag.start()
     try:
         yield
