@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -106,6 +107,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.is_production:
         await run_in_threadpool(_verify_database_role)
     install_drain(asyncio.get_running_loop(), settings.DRAIN_TIMEOUT_SECONDS)
+    # The threadpool of FastAPI and anyio.to_thread, on this loop.
+    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.API_THREADS
     # What the app imported and built lives as long as the process: out of the collector's reach,
     # so a full collection walks only what requests made (it stalled the loop 100-150 ms).
     gc.collect()

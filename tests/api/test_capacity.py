@@ -13,6 +13,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 
+import anyio.to_thread
 import pytest
 from sqlalchemy import Engine, text
 from starlette.testclient import TestClient
@@ -181,3 +182,12 @@ def test_startup_puts_what_the_app_built_out_of_the_collectors_reach(client: Tes
     stalled every live call's loop for 100-150 ms (bench: live calls)."""
     assert client.get("/healthz").status_code == 200  # the app has started
     assert gc.get_freeze_count() > 0
+
+
+def test_the_threadpool_is_as_wide_as_the_setting(client: TestClient) -> None:
+    """Blocking work runs on API_THREADS threads: with anyio's 40, live calls' frames waited
+    50-100 ms for the GIL behind them (bench: live calls)."""
+    portal = client.portal
+    assert portal is not None
+    limiter = portal.call(anyio.to_thread.current_default_thread_limiter)
+    assert limiter.total_tokens == settings.API_THREADS != 40
