@@ -161,7 +161,9 @@ def main() -> int:
     parser.add_argument(
         "--skip-http", action="store_true", help="only the relay and webhook phases (debugging)"
     )
-    parser.add_argument("--only", choices=["live"], help="run only this phase")
+    parser.add_argument(
+        "--only", choices=["live", "billing"], help="run only this phase (paired runs)"
+    )
     parser.add_argument(
         "--live-steps", help="live calls: the steps N to run, comma-separated (default: profile's)"
     )
@@ -251,7 +253,7 @@ def main() -> int:
         extra["live_calls"] = run_live_phase(env, fixtures, owner, profile, args)
         (RESULTS / "live.json").write_text(json.dumps(extra["live_calls"], indent=2))
         return 0
-    if not args.skip_http:
+    if not args.skip_http and args.only is None:
         with ExitStack() as stack:
             logs = RESULTS
             stack.enter_context(
@@ -277,6 +279,12 @@ def main() -> int:
         api = stack.enter_context(serve("main:app", port, env, args.workers, RESULTS / "api.log"))
         base = f"http://127.0.0.1:{port}"
         tenant = f"/api/v1/tenants/{fixtures['big_tenant_id']}"
+        if args.only == "billing":
+            billing = run_billing_phase(
+                env, fixtures, owner, base, profile, post, by_name=lambda: results
+            )
+            (RESULTS / "billing.json").write_text(json.dumps(billing, indent=2))
+            return 0
         if not args.skip_http:
             print("API:", flush=True)
             voice = signed_voice_requests(env, fixtures, count=int(3000 * profile.seconds))
