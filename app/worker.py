@@ -5,7 +5,8 @@ anything is sent), send each claim from a pool of threads, and store the outcome
 thread, several per tenant transaction. New events wake the workers through LISTEN/NOTIFY (a poll
 every second is the fallback). SIGTERM/SIGINT stop the worker cleanly: it stops claiming, finishes
 the sends in progress and gives back the claims it has not started. Several workers may run at
-once, on one host or many.
+once, on one host or many. Beside it, periodic jobs on threads of their own (`periodic_jobs`): the
+usage thresholds, the billing close and the reconciliation of calls whose last callback was lost.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from types import FrameType
 from typing import Any
 
@@ -31,10 +34,10 @@ from app.config.database import get_engine, transaction
 from app.config.settings import settings
 from app.logging import configure_logging
 from app.models.base import utcnow
-from app.services.billing import BillingThread
+from app.services.billing import announce_usage_thresholds, close_due_periods
 from app.services.events import NOTIFY_CHANNEL
 from app.services.idempotency import prune_expired
-from app.services.reconciliation import Reconciler
+from app.services.reconciliation import reconcile_stale_calls
 from app.webhooks import retention
 from app.webhooks.delivery import (
     ClaimedDelivery,
@@ -428,6 +431,39 @@ def _purge_expired_webhooks() -> None:
         logger.info("expired webhooks deleted", extra={"deliveries": deliveries, "events": events})
 
 
+class Periodic(threading.Thread):
+    """One of the worker's periodic jobs, on a thread of its own: `job()` every `interval` seconds
+    until `stopping` is set. A pass that fails is logged and the next one runs."""
+
+    def __init__(
+        self, name: str, interval: float, job: Callable[[], object], stopping: threading.Event
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self.interval = interval
+        self.job = job
+        self.stopping = stopping
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.job()
+            except Exception:
+                logger.exception("periodic job failed", extra={"job": self.name})
+            self.stopping.wait(self.interval)
+
+
+def periodic_jobs(stopping: threading.Event) -> list[Periodic]:
+    """The worker's periodic jobs, each on its own thread, so a month-end close that takes
+    minutes delays neither the usage thresholds nor the reconciliation of lost callbacks."""
+    return [
+        Periodic("usage-thresholds", 10.0, announce_usage_thresholds, stopping),
+        # Every tenant's ended periods, resting after each close as long as it took.
+        Periodic("close-periods", 60.0, partial(close_due_periods, pause=stopping.wait), stopping),
+        # Calls whose final status callback was lost.
+        Periodic("reconcile-calls", 30.0, reconcile_stale_calls, stopping),
+    ]
+
+
 def main() -> int:
     configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT.value)
     worker = WebhookWorker()
@@ -439,16 +475,14 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     logger.info("worker started", extra={"concurrency": worker.concurrency})
-    # Billing: the usage thresholds every 10 s, every tenant's ended periods invoiced every minute.
-    billing = BillingThread()
-    billing.start()
-    reconciler = Reconciler()  # calls whose final status callback was lost, every 30 s
-    reconciler.start()
+    stopping = threading.Event()
+    jobs = periodic_jobs(stopping)
+    for job in jobs:
+        job.start()
     try:
         worker.run_forever()
     finally:
-        billing.stop()
-        reconciler.stop()
+        stopping.set()
         worker.close()
         close_shared_transports()
         get_engine().dispose()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -813,32 +812,3 @@ def close_due_periods(
     at = now or utcnow()
     open_chains(at)
     return close_periods(((due.tenant_id, due.period) for due in due_periods(at)), at, pause=pause)
-
-
-class BillingThread(threading.Thread):
-    """The worker's billing thread: announces the usage thresholds reached every
-    `thresholds_interval` seconds, and closes the due periods every `close_interval` seconds."""
-
-    def __init__(self, thresholds_interval: float = 10.0, close_interval: float = 60.0) -> None:
-        super().__init__(name="billing", daemon=True)
-        self.thresholds_interval = thresholds_interval
-        self.close_interval = close_interval
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        next_close = 0.0
-        while not self._stop_event.is_set():
-            try:
-                announce_usage_thresholds()
-            except Exception:
-                logger.exception("listing the tenants with new usage failed")
-            if time.monotonic() >= next_close:
-                next_close = time.monotonic() + self.close_interval
-                try:
-                    close_due_periods(pause=self._stop_event.wait)
-                except Exception:
-                    logger.exception("listing the billing periods due failed")
-            self._stop_event.wait(self.thresholds_interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()

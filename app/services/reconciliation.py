@@ -15,7 +15,6 @@ lease expired mid-way is ended, metered and announced once. Twilio failing backs
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -178,23 +177,3 @@ def reconcile_stale_calls(twilio: TwilioCalls | None = None, now: datetime | Non
         except Exception:
             logger.exception("reconciling a call failed", extra={"call_id": str(stale.call_id)})
     return ended
-
-
-class Reconciler(threading.Thread):
-    """The worker's reconciliation thread: a pass every `interval` seconds."""
-
-    def __init__(self, interval: float = 30.0) -> None:
-        super().__init__(name="reconcile-calls", daemon=True)
-        self.interval = interval
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            try:
-                reconcile_stale_calls()
-            except Exception:
-                logger.exception("reconciling stale calls failed")
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()

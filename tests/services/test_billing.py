@@ -22,6 +22,7 @@ from app.services.billing import BillingService, InvoiceAlreadyVoid, PeriodNotEn
 from app.services.scope import Principal, Role, TenantScope
 from app.services.telephony import TelephonyService
 from app.services.tenants import TenantService
+from app.worker import Periodic, periodic_jobs
 from tests.helpers import (
     apply_status_callback,
     count_tenant_rows,
@@ -585,9 +586,11 @@ def test_the_worker_invoices_each_month_owed_once(owner_engine: Engine) -> None:
     )
     assert [tuple(r) for r in invoices] == [(before, 4900), (previous, 4900)]
 
-    # The worker's thread does the same on its own.
+    # The worker's close job does the same on its own.
     other = create_billing_tenant(plan="pro", since=datetime(2026, 10, 1, tzinfo=UTC))
-    closer = billing.BillingThread(thresholds_interval=0.2, close_interval=0.2)
+    stopping = threading.Event()
+    closer = _jobs(stopping)["close-periods"]
+    closer.interval = 0.2
     closer.start()
     try:
         deadline = time.monotonic() + 30
@@ -595,8 +598,43 @@ def test_the_worker_invoices_each_month_owed_once(owner_engine: Engine) -> None:
             assert time.monotonic() < deadline, "the worker closed nothing"
             time.sleep(0.1)
     finally:
-        closer.stop()
+        stopping.set()
         closer.join(timeout=30)
+
+
+def _jobs(stopping: threading.Event) -> dict[str, Periodic]:
+    return {job.name: job for job in periodic_jobs(stopping)}
+
+
+def test_a_long_close_delays_no_usage_threshold(owner_engine: Engine) -> None:
+    """The worker's periodic jobs have a thread each: usage recorded while a month-end close runs
+    (here, one held open) has its threshold announced without waiting for the close to end."""
+    stopping, closing, release = threading.Event(), threading.Event(), threading.Event()
+    jobs = _jobs(stopping)
+
+    def long_close() -> None:
+        closing.set()
+        release.wait(30)
+
+    jobs["close-periods"].job = long_close
+    jobs["usage-thresholds"].interval = 0.1
+    tenant_id = create_billing_tenant(plan="starter")  # 1,000 included minutes
+    started = [jobs["close-periods"], jobs["usage-thresholds"]]
+    for job in started:
+        job.start()
+    try:
+        assert closing.wait(10)
+        end_call_at(tenant_id, datetime(2026, 3, 3, tzinfo=UTC), seconds=850 * 60)
+        deadline = time.monotonic() + 10
+        while not _events(owner_engine, tenant_id, "usage.threshold_reached"):
+            assert time.monotonic() < deadline, "the threshold waited for the close"
+            time.sleep(0.1)
+        assert not release.is_set()  # the close was still running
+    finally:
+        stopping.set()
+        release.set()
+        for job in started:
+            job.join(timeout=30)
 
 
 def test_the_worker_rests_after_each_close_as_long_as_it_took_and_stops_when_told() -> None:
