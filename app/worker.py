@@ -234,7 +234,8 @@ class WebhookWorker:
                 outcome = DeliveryOutcome(claimed, result, utcnow())
             self._outcomes.put(_Recorded(outcome, done))
         except Exception:
-            # The claim stays until its lease expires; then the delivery is tried again.
+            # The claim stays until its lease expires; then the delivery is tried again, this
+            # attempt counted with its outcome unknown.
             logger.exception("webhook delivery failed", extra={"delivery_id": str(claimed.id)})
             done.set_result(None)
 
