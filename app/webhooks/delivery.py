@@ -64,6 +64,9 @@ class ClaimedDelivery:
     body: str
     attempt_number: int
     lease_expires_at: datetime
+    # Taken back from an expired lease: its last send was lost with its worker, maybe because it
+    # kills whoever sends it, so it is claimed and sent alone (see claim_due_deliveries).
+    taken_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ WITH picked AS (
         SELECT ctid FROM webhook_deliveries
         WHERE {condition}
         ORDER BY {order}
-        LIMIT :limit
+        LIMIT {limit}
         FOR UPDATE SKIP LOCKED
     ))
     RETURNING d.id, d.tenant_id, d.endpoint_id, d.event_id, d.status, d.attempt_count,
@@ -138,14 +141,16 @@ logged AS (
            last_attempt_at
     FROM picked
 )"""
-# Expired leases first (a crashed worker's deliveries), then due ones, oldest due first: each
-# statement walks its own partial index in order, so a claim costs the same at any backlog.
+# Expired leases first (a crashed worker's deliveries), one per claim, then due ones, oldest due
+# first: each statement walks its own partial index in order, so a claim costs the same at any
+# backlog.
 CLAIM_STATEMENTS = (
     text(
         _CLAIM_SQL.format(
             assignments=_LOST_SEND_COUNTED,
             condition="status = 'delivering' AND lease_expires_at <= :now",
             order="lease_expires_at",
+            limit="1",
             log_lost_sends=_LOG_LOST_SENDS,
         )
     ),
@@ -154,6 +159,7 @@ CLAIM_STATEMENTS = (
             assignments="status = 'delivering', lease_expires_at = :lease_expires_at",
             condition="status IN ('pending', 'failed') AND next_attempt_at <= :now",
             order="next_attempt_at",
+            limit=":limit",
             log_lost_sends="",
         )
     ),
@@ -170,28 +176,37 @@ def claim_due_deliveries(
     callers never get the same delivery while its lease runs. A delivery whose lease expired has
     its lost send logged and counted as an attempt; one out of attempts that way is `dead`, not
     claimed.
+
+    A delivery taken back from an expired lease comes alone (`taken_over`): the claims its worker
+    held all expired together, and had they been sent together again, one that kills its worker
+    ("poison") would have cost every other one an attempt per crash, until they were all `dead`.
+    Alone, only the poison goes on losing attempts.
     """
+    if limit < 1:
+        return []
     lease_expires_at = now + lease
     params = {
         "now": now,
         "lease_expires_at": lease_expires_at,
         "max_attempts": MAX_ATTEMPTS,
         "lost_send_error": LOST_SEND_ERROR,
+        "limit": limit,
     }
-    claimed: list[ClaimedDelivery] = []
+    expired, due = CLAIM_STATEMENTS
     with system_scope(session):
-        for statement in CLAIM_STATEMENTS:
-            remaining = limit - len(claimed)
-            if remaining <= 0:
-                break
-            rows = session.execute(statement, {**params, "limit": remaining})
-            claimed.extend(
-                _claimed(row, now=now, lease_expires_at=lease_expires_at) for row in rows
-            )
-    return claimed
+        rows = session.execute(expired, params).all()
+        taken_over = bool(rows)  # LIMIT 1: one at most, and then nothing else
+        if not taken_over:
+            rows = session.execute(due, params).all()
+    return [
+        _claimed(row, now=now, lease_expires_at=lease_expires_at, taken_over=taken_over)
+        for row in rows
+    ]
 
 
-def _claimed(row: Row[Any], *, now: datetime, lease_expires_at: datetime) -> ClaimedDelivery:
+def _claimed(
+    row: Row[Any], *, now: datetime, lease_expires_at: datetime, taken_over: bool = False
+) -> ClaimedDelivery:
     stored = [row.secret]
     if (
         row.previous_secret
@@ -217,6 +232,7 @@ def _claimed(row: Row[Any], *, now: datetime, lease_expires_at: datetime) -> Cla
         body=row.body,
         attempt_number=row.attempt_count + 1,
         lease_expires_at=lease_expires_at,
+        taken_over=taken_over,
     )
 
 

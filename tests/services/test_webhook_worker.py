@@ -7,6 +7,7 @@ Workers claim across all tenants, as in production: each test starts with an emp
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -38,6 +39,7 @@ from app.webhooks.delivery import (
     LOST_SEND_ERROR,
     MAX_ATTEMPTS,
     RETRY_DELAYS,
+    ClaimedDelivery,
     DeliveryOutcome,
     record_delivery_outcomes,
 )
@@ -734,6 +736,137 @@ def test_a_claim_given_back_unsent_is_not_counted_but_a_lost_one_is(
     numbers = [(a.attempt_number, a.status_code) for a in _attempts(owner_engine, claim.id)]
     assert numbers == [(1, None), (2, 204)]
     assert receiver.counts_by_id() == {str(claim.id): 1}
+
+
+def _crash(worker: WebhookWorker, clock: Clock, now: datetime) -> list[ClaimedDelivery]:
+    """The worker claims at `now` and dies before recording any outcome; the clock moves on to
+    when its claims' lease expires."""
+    clock.now = now
+    claimed = worker.claim()
+    if claimed:
+        clock.now = claimed[0].lease_expires_at
+    return claimed
+
+
+def test_a_lease_taken_back_is_claimed_alone_and_nothing_more_until_its_outcome_is_stored(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+    clock: Clock,
+) -> None:
+    _emit(tenant, count=3)
+    lost = _crash(make_worker(), clock, utcnow())
+    assert len(lost) == 3
+    _emit(tenant, count=2)  # due, never claimed
+    first_lease = lost[0].lease_expires_at
+
+    (alone,) = make_worker().claim()  # one of the lost batch, and nothing else
+    assert alone.taken_over and alone.id in {c.id for c in lost} and alone.attempt_number == 2
+    rows = _deliveries(owner_engine, tenant)
+    held = [r for r in rows if r.lease_expires_at == alone.lease_expires_at]
+    assert [r.id for r in held] == [alone.id]
+    untouched = [r for r in rows if r.id != alone.id]
+    assert sorted((r.status, r.attempt_count) for r in untouched) == [
+        ("delivering", 0),
+        ("delivering", 0),
+        ("pending", 0),
+        ("pending", 0),
+    ]
+    assert all(r.lease_expires_at == first_lease for r in untouched if r.status == "delivering")
+
+    # A running worker sends the other two lost ones one at a time, each outcome stored before
+    # it claims anything else; then the due ones, as one batch, concurrently.
+    delay = 0.4
+    receiver.default = Reply(204, delay=delay)
+    worker = make_worker(poll_interval=60.0)
+    thread = threading.Thread(target=worker.run_forever)
+    thread.start()
+    try:
+        assert receiver.wait_for(4, timeout=10.0)
+        time.sleep(2 * delay)
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    arrivals = sorted(receiver.received, key=lambda r: r.monotonic)
+    lost_ids = {str(c.id) for c in lost} - {str(alone.id)}
+    assert {r.webhook_id for r in arrivals[:2]} == lost_ids
+    gaps = [b.monotonic - a.monotonic for a, b in itertools.pairwise(arrivals)]
+    assert gaps[0] >= delay and gaps[1] >= delay, gaps  # each waited for the one before
+    assert gaps[2] < delay, gaps  # the due ones: sent together
+    (still_held,) = [r for r in _deliveries(owner_engine, tenant) if r.status == "delivering"]
+    assert still_held.id == alone.id  # claimed above and never sent: its lease runs
+    assert len(receiver.received) == 4
+
+
+def test_a_poison_delivery_ends_dead_alone_and_its_batch_mates_are_delivered(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+    clock: Clock,
+) -> None:
+    # One delivery kills every worker that sends it; four innocent ones were claimed with it.
+    _emit(tenant, count=5)
+    first = _crash(make_worker(), clock, utcnow())
+    assert len(first) == 5
+    poison = first[0].id
+    for _ in range(50):
+        worker = make_worker()
+        claimed = worker.claim()
+        if not claimed:
+            break
+        if poison in {c.id for c in claimed}:
+            # This worker dies sending it: all it holds is lost with it.
+            assert [c.id for c in claimed] == [poison]
+            clock.now = claimed[0].lease_expires_at
+            continue
+        for item in claimed:
+            assert worker.deliver(item) == "succeeded"
+    else:
+        pytest.fail("the deliveries never settled")
+
+    rows = {r.id: r for r in _deliveries(owner_engine, tenant)}
+    dead = rows.pop(poison)
+    assert (dead.status, dead.attempt_count) == ("dead", MAX_ATTEMPTS)
+    assert {(a.status_code, a.error) for a in _attempts(owner_engine, poison)} == {
+        (None, LOST_SEND_ERROR)
+    }
+    assert len(rows) == 4
+    for innocent in rows.values():
+        # Only the first crash, which it shared, cost it an attempt.
+        assert (innocent.status, innocent.attempt_count) == ("succeeded", 2)
+        attempts = [(a.attempt_number, a.status_code) for a in _attempts(owner_engine, innocent.id)]
+        assert attempts == [(1, None), (2, 204)]
+    assert receiver.counts_by_id() == {str(i): 1 for i in rows}
+
+
+def test_with_no_lease_to_take_back_a_claim_batches_the_due_deliveries(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+    clock: Clock,
+) -> None:
+    _emit(tenant)
+    (lost,) = _crash(make_worker(), clock, utcnow())
+    _emit(tenant, count=5)
+    worker = make_worker(batch_size=4)
+    (alone,) = worker.claim()  # the expired lease first, alone
+    assert alone.id == lost.id and alone.taken_over
+    assert worker.deliver(alone) == "succeeded"
+
+    # None left to take back: due deliveries come in batches again, up to the batch size.
+    batch = worker.claim()
+    assert len(batch) == 4 and not any(c.taken_over for c in batch)
+    assert len({c.lease_expires_at for c in batch}) == 1
+    (rest,) = worker.claim()
+    assert not rest.taken_over
+    assert worker.claim() == []
 
 
 def test_redelivery_is_refused_while_a_worker_holds_the_delivery(
