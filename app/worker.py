@@ -132,7 +132,8 @@ class WebhookWorker:
         threading.Thread(target=self._notify_in_flight, daemon=True).start()
 
     def claim(self, limit: int | None = None) -> list[ClaimedDelivery]:
-        """Claim up to `limit` (default: the batch size) due deliveries and commit the claim."""
+        """Claim up to `limit` (default: the batch size) due deliveries and commit the claim; or a
+        delivery taken back from an expired lease, alone (`taken_over`)."""
         with transaction() as session:
             return claim_due_deliveries(
                 session,
@@ -188,8 +189,13 @@ class WebhookWorker:
                         "claiming webhook deliveries again", extra={"failed": failed_claims}
                     )
                     failed_claims = 0
-                for item in claimed:
-                    self._submit(item)
+                sent = [self._submit(item) for item in claimed]
+                if any(item.taken_over for item in claimed):
+                    # Taken back from a lost worker, maybe because sending it kills the worker:
+                    # nothing more is claimed until its outcome is stored, so that if this worker
+                    # dies sending it, no other claim loses an attempt with it.
+                    wait(sent)
+                    continue
                 if claimed and len(claimed) == room:
                     continue  # a backlog: claim again as soon as there is room
                 listener = self._wait_for_work(listener)
@@ -237,7 +243,8 @@ class WebhookWorker:
                 outcome = DeliveryOutcome(claimed, result, utcnow())
             self._outcomes.put(_Recorded(outcome, done))
         except Exception:
-            # The claim stays until its lease expires; then the delivery is tried again.
+            # The claim stays until its lease expires; then the delivery is tried again, this
+            # attempt counted with its outcome unknown.
             logger.exception("webhook delivery failed", extra={"delivery_id": str(claimed.id)})
             done.set_result(None)
 

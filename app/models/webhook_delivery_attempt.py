@@ -31,6 +31,7 @@ class WebhookDeliveryAttempt(TenantOwned, Base):
     attempt_number: Mapped[int]
     status_code: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(Text)
-    duration_ms: Mapped[int]
+    # None for a send lost with its worker: its outcome, and so its duration, is unknown.
+    duration_ms: Mapped[int | None]
     response_excerpt: Mapped[str | None] = mapped_column(Text)
     attempted_at: Mapped[datetime]

@@ -110,7 +110,9 @@ class DeliveryAttemptOut(ResponseModel):
     attempt_number: int
     status_code: int | None
     error: str | None
-    duration_ms: int
+    duration_ms: int | None = Field(
+        description="None when the send was lost with its worker (outcome unknown)."
+    )
     response_excerpt: str | None
     attempted_at: datetime
 

@@ -2,12 +2,15 @@
 
     pending | failed --claim--> delivering --record--> succeeded | failed (retried later) | dead
                                 delivering --release--> pending | failed (given back unsent)
+                                delivering --lease expires--> delivering (claimed again) | dead
 
 Rules (SPEC §11): a 2xx is success; anything else is a failure retried after 5 s, 5 min, 30 min,
 2 h, 5 h, 10 h and 10 h (a larger `Retry-After` wins), after which the delivery is `dead`. A 410
 disables the endpoint; so does failing continuously for 5 days. A claim holds its delivery until
 its lease expires: a worker killed mid-send loses nothing, another one sends it again with the same
-`webhook-id`. Every function takes the time it acts at (`now`, `at`) from its caller.
+`webhook-id`. That lost send counts as an attempt whose outcome is unknown, so a delivery that
+kills every worker sending it ("poison") is `dead` after MAX_ATTEMPTS like any other. Every
+function takes the time it acts at (`now`, `at`) from its caller.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ DISABLED_GONE = "The endpoint answered 410 Gone."
 DISABLED_FAILING = "Every delivery failed for 5 days."
 ENDPOINT_DISABLED_ERROR = "not sent: the endpoint is disabled"
 UNDECRYPTABLE_ERROR = "not sent: no key of ENCRYPTION_KEYS decrypts the endpoint's secret"
+LOST_SEND_ERROR = "lease expired: its worker stopped before recording an outcome; outcome unknown"
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ class ClaimedDelivery:
     body: str
     attempt_number: int
     lease_expires_at: datetime
+    # Taken back from an expired lease: its last send was lost with its worker, maybe because it
+    # kills whoever sends it, so it is claimed and sent alone (see claim_due_deliveries).
+    taken_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,21 +94,22 @@ class DeliveryOutcome:
 # key is (tenant_id, id), so ids alone match no index (a claim read the whole table, 124 ms at
 # 200,000 deliveries); and two arrays, of tenants and ids, made tenants x ids index probes.
 _CLAIM_SQL = """
-WITH claimed AS (
+WITH picked AS (
     UPDATE webhook_deliveries AS d
-    SET status = 'delivering', lease_expires_at = :lease_expires_at, updated_at = now()
+    SET {assignments}, updated_at = now()
     WHERE d.ctid = ANY (ARRAY(
         SELECT ctid FROM webhook_deliveries
         WHERE {condition}
         ORDER BY {order}
-        LIMIT :limit
+        LIMIT {limit}
         FOR UPDATE SKIP LOCKED
     ))
-    RETURNING d.id, d.tenant_id, d.endpoint_id, d.event_id, d.attempt_count
-)
+    RETURNING d.id, d.tenant_id, d.endpoint_id, d.event_id, d.status, d.attempt_count,
+              d.last_attempt_at
+){log_lost_sends}
 SELECT c.id, c.tenant_id, c.endpoint_id, c.attempt_count, e.url, e.enabled, e.secret,
        e.previous_secret, e.previous_secret_expires_at, ev.body
-FROM claimed AS c
+FROM picked AS c
 CROSS JOIN LATERAL (
     SELECT url, enabled, secret, previous_secret, previous_secret_expires_at
     FROM webhook_endpoints WHERE tenant_id = c.tenant_id AND id = c.endpoint_id LIMIT 1
@@ -109,20 +117,50 @@ CROSS JOIN LATERAL (
 CROSS JOIN LATERAL (
     SELECT body FROM webhook_events WHERE tenant_id = c.tenant_id AND id = c.event_id LIMIT 1
 ) AS ev
+WHERE c.status = 'delivering'
 """
-# Expired leases first (a crashed worker's deliveries), then due ones, oldest due first: each
-# statement walks its own partial index in order, so a claim costs the same at any backlog.
+# An expired lease is a send whose outcome no worker recorded (it was killed, ran out of memory,
+# crashed): it counts as an attempt, logged with its outcome unknown at the lease's expiry (when
+# it was given up; the send itself was earlier), so a delivery that kills every worker ends `dead`
+# after MAX_ATTEMPTS instead of being sent every lease for ever. The SET sees the row as it was.
+_LOST_SEND_COUNTED = """attempt_count = d.attempt_count + 1,
+        status = CASE WHEN d.attempt_count + 1 < :max_attempts THEN 'delivering' ELSE 'dead' END,
+        lease_expires_at = CASE WHEN d.attempt_count + 1 < :max_attempts
+                                THEN :lease_expires_at END,
+        next_attempt_at = CASE WHEN d.attempt_count + 1 < :max_attempts
+                               THEN d.next_attempt_at END,
+        last_status_code = NULL, last_error = :lost_send_error,
+        last_attempt_at = d.lease_expires_at"""
+_LOG_LOST_SENDS = """,
+logged AS (
+    INSERT INTO webhook_delivery_attempts (
+        id, tenant_id, delivery_id, attempt_number, status_code, error, duration_ms,
+        response_excerpt, attempted_at
+    )
+    SELECT gen_random_uuid(), tenant_id, id, attempt_count, NULL, :lost_send_error, NULL, NULL,
+           last_attempt_at
+    FROM picked
+)"""
+# Expired leases first (a crashed worker's deliveries), one per claim, then due ones, oldest due
+# first: each statement walks its own partial index in order, so a claim costs the same at any
+# backlog.
 CLAIM_STATEMENTS = (
     text(
         _CLAIM_SQL.format(
+            assignments=_LOST_SEND_COUNTED,
             condition="status = 'delivering' AND lease_expires_at <= :now",
             order="lease_expires_at",
+            limit="1",
+            log_lost_sends=_LOG_LOST_SENDS,
         )
     ),
     text(
         _CLAIM_SQL.format(
+            assignments="status = 'delivering', lease_expires_at = :lease_expires_at",
             condition="status IN ('pending', 'failed') AND next_attempt_at <= :now",
             order="next_attempt_at",
+            limit=":limit",
+            log_lost_sends="",
         )
     ),
 )
@@ -135,25 +173,40 @@ def claim_due_deliveries(
 
     The worker's claim loop, the one cross-tenant step of delivery (SPEC §2). The caller's
     transaction must commit before sending: the commit is what makes the claim visible. Concurrent
-    callers never get the same delivery while its lease runs.
+    callers never get the same delivery while its lease runs. A delivery whose lease expired has
+    its lost send logged and counted as an attempt; one out of attempts that way is `dead`, not
+    claimed.
+
+    A delivery taken back from an expired lease comes alone (`taken_over`): the claims its worker
+    held all expired together, and had they been sent together again, one that kills its worker
+    ("poison") would have cost every other one an attempt per crash, until they were all `dead`.
+    Alone, only the poison goes on losing attempts.
     """
+    if limit < 1:
+        return []
     lease_expires_at = now + lease
-    claimed: list[ClaimedDelivery] = []
+    params = {
+        "now": now,
+        "lease_expires_at": lease_expires_at,
+        "max_attempts": MAX_ATTEMPTS,
+        "lost_send_error": LOST_SEND_ERROR,
+        "limit": limit,
+    }
+    expired, due = CLAIM_STATEMENTS
     with system_scope(session):
-        for statement in CLAIM_STATEMENTS:
-            remaining = limit - len(claimed)
-            if remaining <= 0:
-                break
-            rows = session.execute(
-                statement, {"now": now, "lease_expires_at": lease_expires_at, "limit": remaining}
-            )
-            claimed.extend(
-                _claimed(row, now=now, lease_expires_at=lease_expires_at) for row in rows
-            )
-    return claimed
+        rows = session.execute(expired, params).all()
+        taken_over = bool(rows)  # LIMIT 1: one at most, and then nothing else
+        if not taken_over:
+            rows = session.execute(due, params).all()
+    return [
+        _claimed(row, now=now, lease_expires_at=lease_expires_at, taken_over=taken_over)
+        for row in rows
+    ]
 
 
-def _claimed(row: Row[Any], *, now: datetime, lease_expires_at: datetime) -> ClaimedDelivery:
+def _claimed(
+    row: Row[Any], *, now: datetime, lease_expires_at: datetime, taken_over: bool = False
+) -> ClaimedDelivery:
     stored = [row.secret]
     if (
         row.previous_secret
@@ -179,6 +232,7 @@ def _claimed(row: Row[Any], *, now: datetime, lease_expires_at: datetime) -> Cla
         body=row.body,
         attempt_number=row.attempt_count + 1,
         lease_expires_at=lease_expires_at,
+        taken_over=taken_over,
     )
 
 

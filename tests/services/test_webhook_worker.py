@@ -7,6 +7,7 @@ Workers claim across all tenants, as in production: each test starts with an emp
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -35,8 +36,10 @@ from app.webhooks.delivery import (
     CLAIM_STATEMENTS,
     DISABLED_FAILING,
     DISABLED_GONE,
+    LOST_SEND_ERROR,
     MAX_ATTEMPTS,
     RETRY_DELAYS,
+    ClaimedDelivery,
     DeliveryOutcome,
     record_delivery_outcomes,
 )
@@ -565,6 +568,8 @@ def test_a_claim_probes_indexes_even_when_the_planner_would_rather_hash(
         "now": now,
         "lease_expires_at": now + timedelta(minutes=2),
         "limit": 100,
+        "max_attempts": MAX_ATTEMPTS,
+        "lost_send_error": LOST_SEND_ERROR,
     }
     with app_engine.connect() as conn:
         conn.execute(text("SET LOCAL enable_nestloop = off"))
@@ -620,7 +625,248 @@ def test_a_killed_workers_claim_is_taken_over_after_its_lease_with_the_same_id(
         )
     assert stored == {}
     assert _delivery(owner_engine, tenant).status == "succeeded"
-    assert len(_attempts(owner_engine, claim.id)) == 1
+    # The lost send (attempt 1, outcome unknown) and the takeover's; nothing of the late result.
+    lost, taken_over = _attempts(owner_engine, claim.id)
+    assert (lost.attempt_number, lost.status_code, lost.error) == (1, None, LOST_SEND_ERROR)
+    assert (taken_over.attempt_number, taken_over.status_code) == (2, 204)
+
+
+def test_a_send_lost_with_its_worker_counts_as_an_attempt_with_its_outcome_unknown(
+    client: TestClient,
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+    clock: Clock,
+) -> None:
+    receiver.respond(Reply(500))
+    _emit(tenant)
+    lost_with, survivor = make_worker(), make_worker()
+    now = utcnow()
+    clock.now = now
+    (lost,) = lost_with.claim()  # ... and its worker dies mid-send: no outcome is ever recorded
+    assert lost.attempt_number == 1
+
+    clock.now = lost.lease_expires_at
+    (again,) = survivor.claim()
+    assert again.id == lost.id and again.attempt_number == 2
+    held = _delivery(owner_engine, tenant)
+    assert (held.status, held.attempt_count, held.last_status_code) == ("delivering", 1, None)
+    assert held.last_error == LOST_SEND_ERROR and held.last_attempt_at == lost.lease_expires_at
+    (logged,) = _attempts(owner_engine, lost.id)
+    assert (logged.attempt_number, logged.status_code, logged.duration_ms) == (1, None, None)
+    assert logged.error == LOST_SEND_ERROR and "outcome unknown" in logged.error
+    assert logged.attempted_at == lost.lease_expires_at
+
+    # Attempt 2 fails: it is retried on attempt 2's delay, as any second failed attempt is.
+    assert survivor.deliver(again) == "failed"
+    failed = _delivery(owner_engine, tenant)
+    assert failed.attempt_count == 2 and failed.last_status_code == 500
+    assert failed.next_attempt_at - clock.now == RETRY_DELAYS[1]
+    assert [a.attempt_number for a in _attempts(owner_engine, lost.id)] == [1, 2]
+    assert receiver.counts_by_id() == {str(lost.id): 1}
+    # The tenant's delivery log shows the lost attempt too, its duration unknown.
+    detail = client.get(
+        tenant.url(f"/webhooks/{endpoint['id']}/deliveries/{lost.id}"), headers=tenant.headers
+    ).json()
+    shown = detail["attempts"][0]
+    assert (shown["attempt_number"], shown["status_code"], shown["duration_ms"]) == (1, None, None)
+    assert shown["error"] == LOST_SEND_ERROR
+
+
+def test_a_delivery_that_kills_every_worker_is_dead_after_max_attempts(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+    clock: Clock,
+) -> None:
+    # A "poison" delivery: every worker that takes it is lost before recording an outcome.
+    _emit(tenant)
+    now = utcnow()
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        clock.now = now
+        (claim,) = make_worker().claim()
+        assert claim.attempt_number == attempt
+        now = claim.lease_expires_at
+
+    # The last lease expires: out of attempts, it is dead instead of being claimed again.
+    survivor = make_worker()
+    assert _run_at(survivor, clock, now) == 0
+    dead = _delivery(owner_engine, tenant)
+    assert (dead.status, dead.attempt_count) == ("dead", MAX_ATTEMPTS)
+    assert dead.last_error == LOST_SEND_ERROR and dead.last_status_code is None
+    assert dead.lease_expires_at is None and dead.next_attempt_at is None
+    attempts = _attempts(owner_engine, dead.id)
+    assert [a.attempt_number for a in attempts] == list(range(1, MAX_ATTEMPTS + 1))
+    assert {(a.status_code, a.error) for a in attempts} == {(None, LOST_SEND_ERROR)}
+    assert _run_at(survivor, clock, now + timedelta(days=30)) == 0
+    assert receiver.received == []
+
+
+def test_a_claim_given_back_unsent_is_not_counted_but_a_lost_one_is(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+    clock: Clock,
+) -> None:
+    _emit(tenant)
+    worker = make_worker()
+    now = utcnow()
+    clock.now = now
+    (claim,) = worker.claim()
+    clock.now = now + worker.lease - timedelta(seconds=10)  # too little lease left: given back
+    assert worker.deliver(claim) is None
+    given_back = _delivery(owner_engine, tenant)
+    assert (given_back.status, given_back.attempt_count) == ("pending", 0)
+    assert _attempts(owner_engine, claim.id) == []
+
+    # Claimed again as attempt 1 (the release did not count); this worker is lost mid-send.
+    clock.now = now
+    (lost,) = worker.claim()
+    assert lost.attempt_number == 1
+    clock.now = lost.lease_expires_at
+    (again,) = worker.claim()
+    assert again.attempt_number == 2  # the lost send counted, the release before it did not
+    assert worker.deliver(again) == "succeeded"
+    numbers = [(a.attempt_number, a.status_code) for a in _attempts(owner_engine, claim.id)]
+    assert numbers == [(1, None), (2, 204)]
+    assert receiver.counts_by_id() == {str(claim.id): 1}
+
+
+def _crash(worker: WebhookWorker, clock: Clock, now: datetime) -> list[ClaimedDelivery]:
+    """The worker claims at `now` and dies before recording any outcome; the clock moves on to
+    when its claims' lease expires."""
+    clock.now = now
+    claimed = worker.claim()
+    if claimed:
+        clock.now = claimed[0].lease_expires_at
+    return claimed
+
+
+def test_a_lease_taken_back_is_claimed_alone_and_nothing_more_until_its_outcome_is_stored(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+    clock: Clock,
+) -> None:
+    _emit(tenant, count=3)
+    lost = _crash(make_worker(), clock, utcnow())
+    assert len(lost) == 3
+    _emit(tenant, count=2)  # due, never claimed
+    first_lease = lost[0].lease_expires_at
+
+    (alone,) = make_worker().claim()  # one of the lost batch, and nothing else
+    assert alone.taken_over and alone.id in {c.id for c in lost} and alone.attempt_number == 2
+    rows = _deliveries(owner_engine, tenant)
+    held = [r for r in rows if r.lease_expires_at == alone.lease_expires_at]
+    assert [r.id for r in held] == [alone.id]
+    untouched = [r for r in rows if r.id != alone.id]
+    assert sorted((r.status, r.attempt_count) for r in untouched) == [
+        ("delivering", 0),
+        ("delivering", 0),
+        ("pending", 0),
+        ("pending", 0),
+    ]
+    assert all(r.lease_expires_at == first_lease for r in untouched if r.status == "delivering")
+
+    # A running worker sends the other two lost ones one at a time, each outcome stored before
+    # it claims anything else; then the due ones, as one batch, concurrently.
+    delay = 0.4
+    receiver.default = Reply(204, delay=delay)
+    worker = make_worker(poll_interval=60.0)
+    thread = threading.Thread(target=worker.run_forever)
+    thread.start()
+    try:
+        assert receiver.wait_for(4, timeout=10.0)
+        time.sleep(2 * delay)
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    arrivals = sorted(receiver.received, key=lambda r: r.monotonic)
+    lost_ids = {str(c.id) for c in lost} - {str(alone.id)}
+    assert {r.webhook_id for r in arrivals[:2]} == lost_ids
+    gaps = [b.monotonic - a.monotonic for a, b in itertools.pairwise(arrivals)]
+    assert gaps[0] >= delay and gaps[1] >= delay, gaps  # each waited for the one before
+    assert gaps[2] < delay, gaps  # the due ones: sent together
+    (still_held,) = [r for r in _deliveries(owner_engine, tenant) if r.status == "delivering"]
+    assert still_held.id == alone.id  # claimed above and never sent: its lease runs
+    assert len(receiver.received) == 4
+
+
+def test_a_poison_delivery_ends_dead_alone_and_its_batch_mates_are_delivered(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+    clock: Clock,
+) -> None:
+    # One delivery kills every worker that sends it; four innocent ones were claimed with it.
+    _emit(tenant, count=5)
+    first = _crash(make_worker(), clock, utcnow())
+    assert len(first) == 5
+    poison = first[0].id
+    for _ in range(50):
+        worker = make_worker()
+        claimed = worker.claim()
+        if not claimed:
+            break
+        if poison in {c.id for c in claimed}:
+            # This worker dies sending it: all it holds is lost with it.
+            assert [c.id for c in claimed] == [poison]
+            clock.now = claimed[0].lease_expires_at
+            continue
+        for item in claimed:
+            assert worker.deliver(item) == "succeeded"
+    else:
+        pytest.fail("the deliveries never settled")
+
+    rows = {r.id: r for r in _deliveries(owner_engine, tenant)}
+    dead = rows.pop(poison)
+    assert (dead.status, dead.attempt_count) == ("dead", MAX_ATTEMPTS)
+    assert {(a.status_code, a.error) for a in _attempts(owner_engine, poison)} == {
+        (None, LOST_SEND_ERROR)
+    }
+    assert len(rows) == 4
+    for innocent in rows.values():
+        # Only the first crash, which it shared, cost it an attempt.
+        assert (innocent.status, innocent.attempt_count) == ("succeeded", 2)
+        attempts = [(a.attempt_number, a.status_code) for a in _attempts(owner_engine, innocent.id)]
+        assert attempts == [(1, None), (2, 204)]
+    assert receiver.counts_by_id() == {str(i): 1 for i in rows}
+
+
+def test_with_no_lease_to_take_back_a_claim_batches_the_due_deliveries(
+    endpoint: dict[str, Any],
+    tenant: TenantFixture,
+    receiver: WebhookReceiver,
+    make_worker: Callable[..., WebhookWorker],
+    owner_engine: Engine,
+    clock: Clock,
+) -> None:
+    _emit(tenant)
+    (lost,) = _crash(make_worker(), clock, utcnow())
+    _emit(tenant, count=5)
+    worker = make_worker(batch_size=4)
+    (alone,) = worker.claim()  # the expired lease first, alone
+    assert alone.id == lost.id and alone.taken_over
+    assert worker.deliver(alone) == "succeeded"
+
+    # None left to take back: due deliveries come in batches again, up to the batch size.
+    batch = worker.claim()
+    assert len(batch) == 4 and not any(c.taken_over for c in batch)
+    assert len({c.lease_expires_at for c in batch}) == 1
+    (rest,) = worker.claim()
+    assert not rest.taken_over
+    assert worker.claim() == []
 
 
 def test_redelivery_is_refused_while_a_worker_holds_the_delivery(
@@ -803,13 +1049,16 @@ def test_drill_worker_killed_mid_delivery_sends_it_again_once_after_the_lease(
     delivered = _delivery(owner_engine, tenant)
     assert (delivered.status, delivered.attempt_count, delivered.last_status_code) == (
         "succeeded",
-        1,
+        2,
         204,
     )
     assert delivered.lease_expires_at is None and delivered.delivered_at is not None
-    # The killed send's outcome was never known, so it left no attempt; the takeover's is the one.
-    (attempt,) = _attempts(owner_engine, held.id)
-    assert (attempt.attempt_number, attempt.status_code, attempt.error) == (1, 204, None)
+    # The killed send counts as attempt 1, its outcome unknown, given up when its lease expired;
+    # the takeover's is attempt 2.
+    lost, attempt = _attempts(owner_engine, held.id)
+    assert (lost.attempt_number, lost.status_code, lost.error) == (1, None, LOST_SEND_ERROR)
+    assert lost.duration_ms is None and lost.attempted_at == held.lease_expires_at
+    assert (attempt.attempt_number, attempt.status_code, attempt.error) == (2, 204, None)
     print(f"\nkilled -> sent again: {again.monotonic - first.monotonic:.1f} s (lease 8 s)")
 
 
