@@ -104,8 +104,7 @@ WITH picked AS (
         LIMIT {limit}
         FOR UPDATE SKIP LOCKED
     ))
-    RETURNING d.id, d.tenant_id, d.endpoint_id, d.event_id, d.status, d.attempt_count,
-              d.last_attempt_at
+    RETURNING d.id, d.tenant_id, d.endpoint_id, d.event_id, d.attempt_count, d.last_attempt_at
 ){log_lost_sends}
 SELECT c.id, c.tenant_id, c.endpoint_id, c.attempt_count, e.url, e.enabled, e.secret,
        e.previous_secret, e.previous_secret_expires_at, ev.body
@@ -117,18 +116,13 @@ CROSS JOIN LATERAL (
 CROSS JOIN LATERAL (
     SELECT body FROM webhook_events WHERE tenant_id = c.tenant_id AND id = c.event_id LIMIT 1
 ) AS ev
-WHERE c.status = 'delivering'
 """
 # An expired lease is a send whose outcome no worker recorded (it was killed, ran out of memory,
 # crashed): it counts as an attempt, logged with its outcome unknown at the lease's expiry (when
 # it was given up; the send itself was earlier), so a delivery that kills every worker ends `dead`
-# after MAX_ATTEMPTS instead of being sent every lease for ever. The SET sees the row as it was.
-_LOST_SEND_COUNTED = """attempt_count = d.attempt_count + 1,
-        status = CASE WHEN d.attempt_count + 1 < :max_attempts THEN 'delivering' ELSE 'dead' END,
-        lease_expires_at = CASE WHEN d.attempt_count + 1 < :max_attempts
-                                THEN :lease_expires_at END,
-        next_attempt_at = CASE WHEN d.attempt_count + 1 < :max_attempts
-                               THEN d.next_attempt_at END,
+# after MAX_ATTEMPTS (`claim_due_deliveries`) instead of being sent every lease for ever. The SET
+# sees the row as it was.
+_LOST_SEND_COUNTED = """attempt_count = d.attempt_count + 1, lease_expires_at = :lease_expires_at,
         last_status_code = NULL, last_error = :lost_send_error,
         last_attempt_at = d.lease_expires_at"""
 _LOG_LOST_SENDS = """,
@@ -188,13 +182,16 @@ def claim_due_deliveries(
     params = {
         "now": now,
         "lease_expires_at": lease_expires_at,
-        "max_attempts": MAX_ATTEMPTS,
         "lost_send_error": LOST_SEND_ERROR,
         "limit": limit,
     }
     expired, due = CLAIM_STATEMENTS
     with system_scope(session):
         rows = session.execute(expired, params).all()
+        if rows and retry_delay(rows[0].attempt_count, None) is None:
+            # The lost send was its last attempt (a rare path: one more statement).
+            session.execute(_OUT_OF_ATTEMPTS, {"tenant_id": rows[0].tenant_id, "id": rows[0].id})
+            rows = []
         taken_over = bool(rows)  # LIMIT 1: one at most, and then nothing else
         if not taken_over:
             rows = session.execute(due, params).all()
@@ -204,8 +201,15 @@ def claim_due_deliveries(
     ]
 
 
+_OUT_OF_ATTEMPTS = text("""
+UPDATE webhook_deliveries SET
+    status = 'dead', lease_expires_at = NULL, next_attempt_at = NULL, updated_at = now()
+WHERE tenant_id = :tenant_id AND id = :id
+""")
+
+
 def _claimed(
-    row: Row[Any], *, now: datetime, lease_expires_at: datetime, taken_over: bool = False
+    row: Row[Any], *, now: datetime, lease_expires_at: datetime, taken_over: bool
 ) -> ClaimedDelivery:
     stored = [row.secret]
     if (

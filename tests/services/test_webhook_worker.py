@@ -568,7 +568,6 @@ def test_a_claim_probes_indexes_even_when_the_planner_would_rather_hash(
         "now": now,
         "lease_expires_at": now + timedelta(minutes=2),
         "limit": 100,
-        "max_attempts": MAX_ATTEMPTS,
         "lost_send_error": LOST_SEND_ERROR,
     }
     with app_engine.connect() as conn:
@@ -706,6 +705,17 @@ def test_a_delivery_that_kills_every_worker_is_dead_after_max_attempts(
     assert receiver.received == []
 
 
+def _given_back(worker: WebhookWorker, clock: Clock) -> tuple[datetime, ClaimedDelivery]:
+    """Claim the one due delivery, then deliver it with too little lease left: it is given back
+    unsent. Returns the claim's time and the claim."""
+    now = utcnow()
+    clock.now = now
+    (claim,) = worker.claim()
+    clock.now = now + worker.lease - timedelta(seconds=10)
+    assert worker.deliver(claim) is None
+    return now, claim
+
+
 def test_a_claim_given_back_unsent_is_not_counted_but_a_lost_one_is(
     endpoint: dict[str, Any],
     tenant: TenantFixture,
@@ -716,11 +726,7 @@ def test_a_claim_given_back_unsent_is_not_counted_but_a_lost_one_is(
 ) -> None:
     _emit(tenant)
     worker = make_worker()
-    now = utcnow()
-    clock.now = now
-    (claim,) = worker.claim()
-    clock.now = now + worker.lease - timedelta(seconds=10)  # too little lease left: given back
-    assert worker.deliver(claim) is None
+    now, claim = _given_back(worker, clock)
     given_back = _delivery(owner_engine, tenant)
     assert (given_back.status, given_back.attempt_count) == ("pending", 0)
     assert _attempts(owner_engine, claim.id) == []
@@ -893,11 +899,7 @@ def test_a_claim_near_the_end_of_its_lease_is_given_back_not_sent(
 ) -> None:
     _emit(tenant)
     worker = make_worker()
-    now = utcnow()
-    clock.now = now
-    (claim,) = worker.claim()
-    clock.now = now + worker.lease - timedelta(seconds=10)
-    assert worker.deliver(claim) is None
+    now, claim = _given_back(worker, clock)
     assert receiver.received == []
     delivery = _delivery(owner_engine, tenant)
     assert delivery.status == "pending" and delivery.lease_expires_at is None
