@@ -215,6 +215,13 @@ def _translate_error(exc: Exception) -> LLMError:
     return LLMError(f"LLM client error ({type(exc).__name__})")
 
 
+def _unlink(response: httpx.Response) -> None:
+    """A closed response, freed by reference counting: httpx's response and the stream wrapper it
+    reads from refer to each other, and each cycle left for the collector lengthens the full
+    collections that stall every live call (docs/scaling.md)."""
+    response.stream = httpx.ByteStream(b"")
+
+
 async def _raise_for_status(response: httpx.Response) -> None:
     if response.status_code >= 400:
         body = b""
@@ -389,6 +396,7 @@ class LLMClient:
         started = done = False
         finish_reason: str | None = None
         partials: dict[int, _PartialToolCall] = {}
+        source: EventSource | None = None
         try:
             # ``AsyncExitStack`` closes the event iterator and the HTTP response on every exit
             # path, including CancelledError and GeneratorExit, so an interrupted turn frees
@@ -441,6 +449,9 @@ class LLMClient:
             ) from None
         except _TRANSPORT_ERRORS as exc:
             raise _translate_error(exc) from exc
+        finally:
+            if source is not None:
+                _unlink(source.response)
 
         # Servers that never report a finish reason (or report "stop" with tool calls, as
         # some local runtimes do) still get their calls delivered.
@@ -470,6 +481,7 @@ class LLMClient:
         try:
             async with asyncio.timeout(limit):
                 response = await client.post("chat/completions", json=body, timeout=limit)
+                _unlink(response)  # read whole and closed by httpx already
                 if response.status_code >= 400:
                     raise _StatusError(response.status_code, response.content[:_MAX_ERROR_BODY])
                 data = response.json()

@@ -611,6 +611,9 @@ class RelaySession:
     def _cancel_turn(self, turn: _AgentTurn) -> None:
         if turn.task is not None and turn.task is not asyncio.current_task():
             turn.task.cancel()
+        # Its CancelledError holds the task's frame, which holds the turn: no cycle for the
+        # collector to find (a full collection stalls every live call).
+        turn.task = None
         if turn.flush is not None:
             turn.flush.cancel()
             turn.flush = None
@@ -622,7 +625,7 @@ class RelaySession:
         for task in (self._dtmf_task, self._duration_task):
             if task is not None and task is not current:
                 task.cancel()
-        self._dtmf_task = None
+        self._dtmf_task = self._duration_task = None  # see _cancel_turn: no cycles
 
     def _finish_turn(self, turn: _AgentTurn, *, text: str, interrupted: bool) -> None:
         """Record an agent turn once, with what the caller heard (or was sent); a turn that

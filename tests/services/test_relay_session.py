@@ -7,11 +7,13 @@ server through an LLMClient handed in as the session's client.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from app.config.database import transaction
@@ -20,7 +22,7 @@ from app.llm.client import LLMClient
 from app.models import CallTurn, Tenant
 from app.services.relay import HeardTurn, NewTurn, store_transcript
 from app.services.telephony import telephony_scope
-from app.telephony.relay import APOLOGY, RelaySession
+from app.telephony.relay import APOLOGY, RelaySession, _AgentTurn
 from app.telephony.urls import relay_token
 from tests.fakes.fake_llm import FakeLLM, Script
 from tests.helpers import RingingCall, TenantFixture, create_ringing_call
@@ -290,3 +292,60 @@ def test_one_write_applies_new_turns_and_an_interruption_of_one_of_them_in_order
         ("agent", "We open at nine", True),
         ("caller", "Thanks.", False),
     ]
+
+
+def test_a_call_leaves_no_garbage_for_the_cycle_collector(
+    llm: FakeLLM, tenant: TenantFixture
+) -> None:
+    """A session, its turns and its LLM responses are freed by reference counting: each cycle
+    a call leaves lengthens the full collections that pause every live call (app/app.py)."""
+    call = create_ringing_call(tenant.id, greeting=None)
+    llm.push(Script(tokens=["One", " moment"], stall_after_tokens=1))  # cut off by the caller
+    llm.push(Script(tokens=["Goodbye", " then"], stall_after_tokens=1))  # cut off by the hang-up
+    frames: list[str] = []
+
+    async def scenario() -> None:
+        # Like the socket's `send_text`, the session's send does not refer back to the session
+        # (a Harness would: it holds the session and its send holds the harness).
+        client = LLMClient(
+            base_url=llm.base_url, api_key=None, default_model="fake", timeout_seconds=5
+        )
+
+        async def send(text: str) -> None:
+            frames.append(text)
+
+        session = RelaySession(send, llm=lambda: client)
+        session.url_token = relay_token(call.call_id)
+
+        async def say(**fields: Any) -> None:
+            await session.handle_message(json.dumps(fields))
+
+        async def until_frames(count: int) -> None:
+            async with asyncio.timeout(5):
+                while len(frames) < count:
+                    await asyncio.sleep(0.005)
+
+        await say(
+            type="setup", callSid=call.call_sid, customParameters={"call_id": str(call.call_id)}
+        )
+        await say(type="prompt", voicePrompt="Hello?", last=True)
+        await until_frames(1)
+        await say(type="interrupt", utteranceUntilInterrupt="One")
+        await say(type="prompt", voicePrompt="Never mind.", last=True)
+        await until_frames(2)
+        await session.close()  # cancels the answer and the duration timer
+        await client.aclose()
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        asyncio.run(scenario())
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, RelaySession | _AgentTurn | httpx.Response)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert len(answers(llm)) == 2 and len(llm.requests) == 3  # two answers and the summary
+    assert [type(o).__name__ for o in left] == []
