@@ -38,6 +38,8 @@ class Counters:
     # What this side said and heard, per call: compared with the stored transcript afterwards.
     expected: dict[str, list[int]] = field(default_factory=dict)  # sid -> [caller, agent]
     first_frames: dict[str, float] = field(default_factory=dict)  # marker -> perf_counter
+    # This process's own event-loop lag in the window: a late loop here stamps frames late.
+    loop_lag_ms: list[float] = field(default_factory=list)
 
 
 class Call:
@@ -241,6 +243,16 @@ async def _slot(
         serial += 1
 
 
+async def _sample_lag(stats: Counters, window: tuple[float, float]) -> None:
+    while (now := time.perf_counter()) < window[1]:
+        await asyncio.sleep(LAG_INTERVAL)
+        if now >= window[0]:
+            stats.loop_lag_ms.append((time.perf_counter() - now - LAG_INTERVAL) * 1000)
+
+
+LAG_INTERVAL = 0.01
+
+
 async def main(cfg: dict[str, Any], result_path: Path) -> None:
     import httpx
     from twilio.request_validator import RequestValidator
@@ -252,10 +264,11 @@ async def main(cfg: dict[str, Any], result_path: Path) -> None:
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(limits=limits, timeout=30) as http:
         await asyncio.gather(
+            _sample_lag(stats, tuple(cfg["window"])),
             *(
                 _slot(cfg, slot, http, validator, stats, start, stop_at)
                 for slot in range(cfg["sessions"])
-            )
+            ),
         )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result = dict(stats.__dict__.items())
