@@ -396,7 +396,7 @@ class LLMClient:
         started = done = False
         finish_reason: str | None = None
         partials: dict[int, _PartialToolCall] = {}
-        source: EventSource | None = None
+        response: httpx.Response | None = None
         try:
             # ``AsyncExitStack`` closes the event iterator and the HTTP response on every exit
             # path, including CancelledError and GeneratorExit, so an interrupted turn frees
@@ -408,7 +408,8 @@ class LLMClient:
                     source: EventSource = await stack.enter_async_context(
                         aconnect_sse(client, "POST", "chat/completions", json=body)
                     )
-                    await _raise_for_status(source.response)
+                    response = source.response
+                    await _raise_for_status(response)
                 events = source.aiter_sse()
                 stack.push_async_callback(events.aclose)
                 while True:
@@ -450,8 +451,8 @@ class LLMClient:
         except _TRANSPORT_ERRORS as exc:
             raise _translate_error(exc) from exc
         finally:
-            if source is not None:
-                _unlink(source.response)
+            if response is not None:
+                _unlink(response)
 
         # Servers that never report a finish reason (or report "stop" with tool calls, as
         # some local runtimes do) still get their calls delivered.
