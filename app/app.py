@@ -37,7 +37,7 @@ from app.api import (
 )
 from app.config.settings import settings
 from app.errors import VALIDATION_ERROR_RESPONSE, AppError, excerpt, printable
-from app.llm.agent import close_llm_client
+from app.llm.agent import close_llm_client, get_llm_client
 from app.logging import configure_logging
 from app.middleware import EdgeMiddleware
 from app.services.idempotency import StoredResponse
@@ -110,6 +110,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     install_drain(asyncio.get_running_loop(), settings.DRAIN_TIMEOUT_SECONDS)
     # The threadpool of FastAPI and anyio.to_thread, on this loop.
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.API_THREADS
+    get_llm_client()  # its TLS setup (20-25 ms) here, not on the loop in the first call's answer
     # What the app imported and built lives as long as the process: out of the collector's reach,
     # so a full collection walks only what requests made (it stalled the loop 100-150 ms).
     gc.collect()

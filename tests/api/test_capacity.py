@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 
 from app.app import FULL_COLLECTION_AFTER
 from app.config.settings import settings
+from app.llm import agent
 from app.telephony import capacity
 from app.telephony.capacity import LiveCalls, install_drain, live_calls
 from tests.helpers import (
@@ -191,6 +192,14 @@ def test_startup_makes_full_collections_rare(client: TestClient) -> None:
     so it runs a tenth as often as CPython's default (bench: live calls)."""
     assert client.get("/healthz").status_code == 200
     assert gc.get_threshold()[2] == FULL_COLLECTION_AFTER > 10
+
+
+def test_startup_builds_the_llm_client(client: TestClient) -> None:
+    """Building it takes 20-25 ms (TLS setup): at startup, not on the loop while the process's
+    first caller waits for an answer and every live call's frames wait behind it."""
+    assert client.get("/healthz").status_code == 200  # the app has started
+    built = agent._client
+    assert built is not None and client.portal.call(agent.get_llm_client) is built
 
 
 def test_the_threadpool_is_as_wide_as_the_setting(client: TestClient) -> None:
