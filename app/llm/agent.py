@@ -1,6 +1,7 @@
 """What the phone agent tells the model: the prompt, the conversation so far, the tools it may use.
 
-Also owns the process-wide :class:`LLMClient`, created on first use from the settings.
+Also owns the process-wide :class:`LLMClient`, built from the settings at startup (and again if
+they change).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ _client_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
 
 def get_llm_client() -> LLMClient:
-    """The process-wide LLM client (created lazily from the settings).
+    """The process-wide LLM client (built at startup, and again when the settings change).
 
     An HTTP connection pool belongs to the event loop that opened it, so the client is rebuilt
     if it is asked for from another loop (in production there is one loop per process; tests and
