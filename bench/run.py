@@ -200,6 +200,8 @@ def main() -> int:
         # The limiter counts every request, as in production, at limits the load never reaches.
         "RATE_LIMIT_PER_MINUTE": "100000000",
         "RATE_LIMIT_TENANT_PER_MINUTE": "100000000",
+        # For paired runs of the threadpool's size (API_THREADS=4 make bench-quick).
+        **({"API_THREADS": os.environ["API_THREADS"]} if "API_THREADS" in os.environ else {}),
     }
     migrate(env)
     owner = create_engine(urls.owner)
