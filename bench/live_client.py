@@ -243,14 +243,14 @@ async def _slot(
         serial += 1
 
 
+LAG_INTERVAL = 0.01
+
+
 async def _sample_lag(stats: Counters, window: tuple[float, float]) -> None:
     while (now := time.perf_counter()) < window[1]:
         await asyncio.sleep(LAG_INTERVAL)
         if now >= window[0]:
             stats.loop_lag_ms.append((time.perf_counter() - now - LAG_INTERVAL) * 1000)
-
-
-LAG_INTERVAL = 0.01
 
 
 async def main(cfg: dict[str, Any], result_path: Path) -> None:
