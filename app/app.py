@@ -36,7 +36,13 @@ from app.api import (
     webhooks,
 )
 from app.config.settings import settings
-from app.errors import VALIDATION_ERROR_RESPONSE, AppError, excerpt, printable
+from app.errors import (
+    VALIDATION_ERROR_RESPONSE,
+    AppError,
+    DatabaseUnavailable,
+    excerpt,
+    printable,
+)
 from app.llm.agent import close_llm_client, get_llm_client
 from app.logging import configure_logging
 from app.middleware import EdgeMiddleware
@@ -173,17 +179,12 @@ def _register_error_handlers(app: FastAPI) -> None:
     # within DATABASE_POOL_TIMEOUT_SECONDS: all worth a retry.
     @app.exception_handler(OperationalError)
     @app.exception_handler(PoolTimeout)
-    async def database_unavailable(_: Request, exc: OperationalError | PoolTimeout) -> JSONResponse:
+    async def database_unavailable(
+        request: Request, exc: OperationalError | PoolTimeout
+    ) -> JSONResponse:
         error = exc.orig if isinstance(exc, OperationalError) else exc
         logger.error("database unavailable", extra={"error": str(error)[:300]})
-        return JSONResponse(
-            {
-                "detail": "The database is unavailable; retry shortly.",
-                "code": "database_unavailable",
-            },
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
+        return await app_error(request, DatabaseUnavailable())
 
     @app.exception_handler(DBAPIError)
     async def database_error(_: Request, exc: DBAPIError) -> JSONResponse:

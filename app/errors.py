@@ -100,6 +100,11 @@ class ServiceUnavailable(AppError):
         super().__init__(detail, code=code, headers={"Retry-After": "5"})
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+    default_detail = "The database is unavailable; retry shortly."
+
+
 class AtCapacity(ServiceUnavailable):
     code = "capacity"
     default_detail = "This server holds all the live calls it can; retry on another."

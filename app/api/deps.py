@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
 import anyio
+import anyio.to_thread
 from fastapi import Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.dependencies.models import Dependant
@@ -24,11 +26,38 @@ from app.config.database import (
 )
 from app.config.settings import settings
 from app.context import current_context, set_tenant
-from app.errors import Forbidden, NotFound, TenantSuspended, Unauthorized
+from app.errors import DatabaseUnavailable, Forbidden, NotFound, TenantSuspended, Unauthorized
 from app.services import idempotency
 from app.services.auth import authenticate
 from app.services.scope import Principal, Role, TenantScope, enter_tenant
 from app.telephony.urls import TwilioUrls
+
+logger = logging.getLogger("vca")
+
+T = TypeVar("T")
+
+
+async def in_thread(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` on one of the API_THREADS threads, the request's one way there.
+
+    The wait for a free thread is bounded like the wait for a pooled connection: when every
+    thread waits on a stuck database, a request answers 503 after DATABASE_POOL_TIMEOUT_SECONDS
+    instead of queueing without end (with fewer threads than connections, the pool's own timeout
+    is never reached).
+    """
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    with anyio.move_on_after(settings.DATABASE_POOL_TIMEOUT_SECONDS) as waiting:
+        await limiter.acquire()
+    if waiting.cancelled_caught:
+        logger.error("database unavailable", extra={"error": "no thread free"})
+        raise DatabaseUnavailable()
+    try:
+        # The thread is this request's token of the shared limiter, held above.
+        return await anyio.to_thread.run_sync(
+            functools.partial(function, *args), limiter=anyio.CapacityLimiter(1)
+        )
+    finally:
+        limiter.release()
 
 
 async def get_db_session() -> AsyncIterator[Session]:
@@ -96,8 +125,9 @@ def _in_worker_thread(endpoint: Callable[..., Any], names: list[str]) -> Callabl
 
     @functools.wraps(endpoint)
     async def run_in_worker_thread(**kwargs: Any) -> Any:
-        # Not cancellable, like FastAPI's own hop: the session is never closed under the thread.
-        return await run_in_threadpool(run_and_commit, kwargs)
+        # Not cancellable once running, like FastAPI's own hop: the session is never closed
+        # under the thread.
+        return await in_thread(run_and_commit, kwargs)
 
     return run_in_worker_thread
 
@@ -146,16 +176,21 @@ bearer_scheme = HTTPBearer(
 )
 
 
-def get_principal(
+async def get_principal(
     session: DbSession,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
     if credentials is None or not credentials.credentials.strip():
         raise Unauthorized()
-    principal = authenticate(session, credentials.credentials.strip())
+    principal = await in_thread(_principal_of, session, credentials.credentials.strip())
+    set_tenant(principal.tenant_id)
+    return principal
+
+
+def _principal_of(session: Session, presented: str) -> Principal:
+    principal = authenticate(session, presented)
     if principal is None:
         raise Unauthorized("The API key is invalid, expired or revoked.")
-    set_tenant(principal.tenant_id)
     ratelimit.get_rate_limiter().check(principal)  # no database: memory or Redis
     return principal
 
@@ -174,12 +209,14 @@ async def claim_idempotency_key(
     request_fingerprint = idempotency.fingerprint(
         request.method, request.scope["path"], request.scope["query_string"], await request.body()
     )
-    claim = await run_in_threadpool(
-        idempotency.claim,
-        session,
-        tenant_id=None if principal.is_platform_admin else principal.tenant_id,
-        key=key,
-        request_fingerprint=request_fingerprint,
+    claim = await in_thread(
+        functools.partial(
+            idempotency.claim,
+            session,
+            tenant_id=None if principal.is_platform_admin else principal.tenant_id,
+            key=key,
+            request_fingerprint=request_fingerprint,
+        )
     )
     context = current_context()
     if context is not None:
@@ -215,7 +252,7 @@ async def get_tenant_scope(
             tenant_status=principal.tenant_status,
             plan=principal.tenant_plan,
         )
-    return await run_in_threadpool(enter_tenant, session, principal, tenant_id)
+    return await in_thread(enter_tenant, session, principal, tenant_id)
 
 
 TenantContext = Annotated[TenantScope, Depends(get_tenant_scope, scope="function")]

@@ -134,8 +134,15 @@ def test_drill_postgres_stopped_answers_503_and_recovers_without_restarts(
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "json",
     }
-    # Two connections at most, each awaited 1 s: the drill can exhaust the pool in a second.
-    api_env = {**env, "DATABASE_POOL_SIZE": "1", "DATABASE_POOL_TIMEOUT_SECONDS": "1"}
+    # Two connections at most, each awaited 1 s: the drill can exhaust the pool in a second. As
+    # many threads as connections: the requests stuck on the database hold every thread too, and
+    # the next one must still answer 503 within the timeout (it waited for a thread forever).
+    api_env = {
+        **env,
+        "DATABASE_POOL_SIZE": "1",
+        "DATABASE_POOL_TIMEOUT_SECONDS": "1",
+        "API_THREADS": "2",
+    }
     api_port = free_port()
     api_log, worker_log = tmp_path / "api.log", tmp_path / "worker.log"
     uvicorn = [sys.executable, "-m", "uvicorn", "main:app", "--port", str(api_port)]
