@@ -37,8 +37,8 @@ logger = logging.getLogger("vca")
 T = TypeVar("T")
 
 
-async def in_thread(function: Callable[..., T], *args: Any) -> T:
-    """`function(*args)` on one of the API_THREADS threads, the request's one way there.
+async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`function(*args, **kwargs)` on one of the API_THREADS threads, the request's one way there.
 
     The wait for a free thread is bounded like the wait for a pooled connection: when every
     thread waits on a stuck database, a request answers 503 after DATABASE_POOL_TIMEOUT_SECONDS
@@ -54,7 +54,7 @@ async def in_thread(function: Callable[..., T], *args: Any) -> T:
     try:
         # The thread is this request's token of the shared limiter, held above.
         return await anyio.to_thread.run_sync(
-            functools.partial(function, *args), limiter=anyio.CapacityLimiter(1)
+            functools.partial(function, *args, **kwargs), limiter=anyio.CapacityLimiter(1)
         )
     finally:
         limiter.release()
@@ -210,13 +210,11 @@ async def claim_idempotency_key(
         request.method, request.scope["path"], request.scope["query_string"], await request.body()
     )
     claim = await in_thread(
-        functools.partial(
-            idempotency.claim,
-            session,
-            tenant_id=None if principal.is_platform_admin else principal.tenant_id,
-            key=key,
-            request_fingerprint=request_fingerprint,
-        )
+        idempotency.claim,
+        session,
+        tenant_id=None if principal.is_platform_admin else principal.tenant_id,
+        key=key,
+        request_fingerprint=request_fingerprint,
     )
     context = current_context()
     if context is not None:
