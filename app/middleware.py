@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import time
 
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.api.deps import in_thread
 from app.context import RequestContext, end_context, start_context
 from app.errors import AppError, PayloadTooLarge, UnsupportedMediaType
 
@@ -181,8 +181,11 @@ class EdgeMiddleware:
                 raise
             logger.exception("unhandled error")
             if context.idempotency is not None:
-                await run_in_threadpool(context.idempotency.abandon)
-                context.idempotency = None
+                claim, context.idempotency = context.idempotency, None
+                try:
+                    await in_thread(claim.abandon)
+                except Exception:
+                    logger.exception("idempotency key not released")
             status = 500
             await _send_error(send, InternalError(), context)
         finally:
@@ -210,7 +213,7 @@ class EdgeMiddleware:
         body = b"".join(message.get("body", b"") for message in bodies)
         claim, context.idempotency = context.idempotency, None
         try:
-            await run_in_threadpool(claim.finish, start["status"], start.get("headers", []), body)
+            await in_thread(claim.finish, start["status"], start.get("headers", []), body)
         except Exception:
             logger.exception("idempotent response not stored")
         start["headers"] = [*start.get("headers", ()), *_extra_headers(context)]

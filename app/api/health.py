@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from app.api.deps import TransactionalRoute
+from app.api.deps import TransactionalRoute, in_thread
 from app.config.settings import settings
+from app.errors import DatabaseUnavailable
 from app.schemas.health import HealthOut
-from app.services.health import check_health
+from app.services.health import check_health, database_unavailable
 from app.telephony.capacity import live_calls, loop_lag
 
 router = APIRouter(route_class=TransactionalRoute, tags=["health"])
@@ -26,7 +26,10 @@ router = APIRouter(route_class=TransactionalRoute, tags=["health"])
     },
 )
 async def healthz() -> JSONResponse:
-    report = await run_in_threadpool(check_health)
+    try:
+        report = await in_thread(check_health)
+    except DatabaseUnavailable:  # every thread waits on the database: as good as down
+        report = database_unavailable()
     status = "degraded" if not report.ok else "draining" if live_calls.draining else "ok"
     body = {
         "status": status,

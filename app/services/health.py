@@ -60,17 +60,27 @@ def probe_database() -> tuple[str | None, RoleSafety]:
     return row.version, RoleSafety(bool(row.bypasses_rls), bool(row.tables_protected))
 
 
-def check_health() -> HealthReport:
-    checks = {
+def _configuration() -> dict[str, str]:
+    return {
         "config": "ok",
         "telephony": settings.telephony_mode,
         "llm": "configured" if settings.llm_configured else "not_configured",
     }
+
+
+def database_unavailable() -> HealthReport:
+    """The report when the database cannot be asked: down, or every connection or thread held."""
+    checks = _configuration()
+    checks.update(database="unavailable", migrations="unknown", rls="unknown")
+    return HealthReport(ok=False, checks=checks)
+
+
+def check_health() -> HealthReport:
     try:
         version, safety = probe_database()
     except SQLAlchemyError:
-        checks.update(database="unavailable", migrations="unknown", rls="unknown")
-        return HealthReport(ok=False, checks=checks)
+        return database_unavailable()
+    checks = _configuration()
     checks["database"] = "ok"
     checks["migrations"] = "ok" if version == migration_head() else "pending"
     enforced = not safety.bypasses_rls and safety.tables_protected

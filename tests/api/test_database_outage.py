@@ -211,11 +211,21 @@ def test_drill_postgres_stopped_answers_503_and_recovers_without_restarts(
                 started = time.monotonic()
                 _assert_database_unavailable(http.get(calls, headers=tenant.headers))
                 pool_wait = time.monotonic() - started
+                # Readiness says so in as long (it waited for a thread without end), and a
+                # scrape, which reads no database, is not held up at all.
+                started = time.monotonic()
+                health = http.get("/healthz")
+                assert health.status_code == 503, health.text
+                assert health.json()["checks"]["database"] == "unavailable"
+                health_wait = time.monotonic() - started
+                scrape = http.get("/metrics", headers=admin)
+                assert scrape.status_code == 200 and "vca_" in scrape.text, scrape.text[:300]
                 locker.rollback()
             for thread in holders:
                 thread.join(timeout=10)
             assert [r.status_code for r in held] == [200, 200]
             assert 0.9 <= pool_wait < 5, pool_wait
+            assert 0.9 <= health_wait < 5, health_wait
 
             # PostgreSQL stops: every pooled connection dies, and new ones are refused.
             pg.stop()
