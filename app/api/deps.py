@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
 import anyio
 import anyio.to_thread
+from anyio.lowlevel import RunVar
 from fastapi import Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.dependencies.models import Dependant
@@ -46,18 +48,35 @@ async def in_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     is never reached).
     """
     limiter = anyio.to_thread.current_default_thread_limiter()
-    with anyio.move_on_after(settings.DATABASE_POOL_TIMEOUT_SECONDS) as waiting:
-        await limiter.acquire()
-    if waiting.cancelled_caught:
-        logger.error("database unavailable", extra={"error": "no thread free"})
-        raise DatabaseUnavailable()
+    try:
+        limiter.acquire_nowait()  # a thread is free: no deadline to arm (most trips)
+    except anyio.WouldBlock:
+        with anyio.move_on_after(settings.DATABASE_POOL_TIMEOUT_SECONDS) as waiting:
+            await limiter.acquire()
+        if waiting.cancelled_caught:
+            logger.error("database unavailable", extra={"error": "no thread free"})
+            raise DatabaseUnavailable() from None
     try:
         # The thread is this request's token of the shared limiter, held above.
         return await anyio.to_thread.run_sync(
-            functools.partial(function, *args, **kwargs), limiter=anyio.CapacityLimiter(1)
+            functools.partial(function, *args, **kwargs), limiter=_token_held()
         )
     finally:
         limiter.release()
+
+
+_TOKEN_HELD: RunVar[anyio.CapacityLimiter] = RunVar("in_thread_token_held")
+
+
+def _token_held() -> anyio.CapacityLimiter:
+    """A limiter that never waits, per event loop: `run_sync` needs one, and the caller already
+    holds the shared limiter's token."""
+    try:
+        return _TOKEN_HELD.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(math.inf)
+        _TOKEN_HELD.set(limiter)
+        return limiter
 
 
 async def get_db_session() -> AsyncIterator[Session]:
