@@ -69,8 +69,9 @@ class Settings(BaseSettings):
     DATABASE_POOL_SIZE: int = Field(default=10, ge=1, le=200)
     # Threads per API process for blocking work (sync endpoints and their transactions, the
     # relay's writes). Each one competes with the event loop for the GIL: with anyio's 40, live
-    # calls' frames waited 50-100 ms behind them (docs/scaling.md).
-    API_THREADS: int = Field(default=4, ge=1, le=200)
+    # calls' frames waited 50-100 ms behind them; 2 held more live calls than 4 at equal HTTP
+    # rates in paired runs (docs/scaling.md).
+    API_THREADS: int = Field(default=2, ge=1, le=200)
     # How long a request waits for a pooled connection before it answers 503 (a database that
     # holds every connection, e.g. behind a lock, fails fast instead of piling up requests).
     DATABASE_POOL_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=300)
