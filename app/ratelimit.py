@@ -4,6 +4,10 @@ Counters live where RATE_LIMIT_STORAGE_URL says: `memory://` (one process: devel
 `redis://…` (shared by every process and host). A sliding window of one minute; the tightest
 limit a request counted against is what its RateLimit-* headers show. Twilio's webhooks and the
 relay are signed, not keyed: they never pass here.
+
+Counted on the event loop with `limits`' async storages: the check reads no database, so it holds
+none of the API_THREADS threads (a Redis round trip would), and the memory storage expires its
+counters with a task instead of starting a timer thread every 10 ms under load.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import time
 from functools import lru_cache
 
 from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
-from limits.strategies import SlidingWindowCounterRateLimiter
 
 from app.config.settings import settings
 from app.context import RateLimitState, current_context
@@ -30,19 +34,31 @@ class RateLimited(TooManyRequests):
     default_detail = "Too many requests for this API key or tenant; retry after Retry-After."
 
 
+# A Redis that stops answering costs a request this much, then lets it through (logged).
+REDIS_TIMEOUT_SECONDS = 0.5
+
+
 class RateLimiter:
     def __init__(self, storage_url: str, *, per_key: int, per_tenant: int) -> None:
-        self._limiter = SlidingWindowCounterRateLimiter(storage_from_string(storage_url))
+        options: dict[str, float | str] = {}
+        if not storage_url.startswith("memory:"):
+            options = {  # redis-py's client (the one installed), not coredis
+                "implementation": "redispy",
+                "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+                "socket_timeout": REDIS_TIMEOUT_SECONDS,
+            }
+        storage = storage_from_string(f"async+{storage_url}", **options)
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
         self.per_key = RateLimitItemPerMinute(per_key)
         self.per_tenant = RateLimitItemPerMinute(per_tenant)
 
-    def _count(self, item: RateLimitItem, *identifiers: str) -> tuple[bool, RateLimitState]:
-        allowed = self._limiter.hit(item, *identifiers)
-        stats = self._limiter.get_window_stats(item, *identifiers)
+    async def _count(self, item: RateLimitItem, *identifiers: str) -> tuple[bool, RateLimitState]:
+        allowed = await self._limiter.hit(item, *identifiers)
+        stats = await self._limiter.get_window_stats(item, *identifiers)
         reset = max(1, math.ceil(stats.reset_time - time.time()))
         return allowed, RateLimitState(item.amount, stats.remaining, reset)
 
-    def check(self, principal: Principal) -> RateLimitState | None:
+    async def check(self, principal: Principal) -> RateLimitState | None:
         """Count one request of `principal`; the tightest state (also the current request's, for
         its headers), or RateLimited (429).
 
@@ -56,7 +72,7 @@ class RateLimiter:
         tightest: RateLimitState | None = None
         try:
             for item, *identifiers in limits:
-                allowed, state = self._count(item, *identifiers)
+                allowed, state = await self._count(item, *identifiers)
                 if tightest is None or state.remaining < tightest.remaining:
                     tightest = state
                     if (context := current_context()) is not None:

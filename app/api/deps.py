@@ -201,16 +201,11 @@ async def get_principal(
 ) -> Principal:
     if credentials is None or not credentials.credentials.strip():
         raise Unauthorized()
-    principal = await in_thread(_principal_of, session, credentials.credentials.strip())
-    set_tenant(principal.tenant_id)
-    return principal
-
-
-def _principal_of(session: Session, presented: str) -> Principal:
-    principal = authenticate(session, presented)
+    principal = await in_thread(authenticate, session, credentials.credentials.strip())
     if principal is None:
         raise Unauthorized("The API key is invalid, expired or revoked.")
-    ratelimit.get_rate_limiter().check(principal)  # no database: memory or Redis
+    await ratelimit.get_rate_limiter().check(principal)  # no database: on the event loop
+    set_tenant(principal.tenant_id)
     return principal
 
 

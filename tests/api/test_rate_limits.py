@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -82,7 +86,39 @@ def test_the_redis_storage_is_shared_by_every_process() -> None:
 
     principal = Principal(role=Role.admin, tenant_id=uuid.uuid4(), key_id=uuid.uuid4())
     one, two = (RateLimiter(url, per_key=2, per_tenant=10) for _ in range(2))  # two processes
-    assert one.check(principal).remaining == 1  # type: ignore[union-attr]
-    assert two.check(principal).remaining == 0  # type: ignore[union-attr]
-    with pytest.raises(ratelimit.RateLimited):
-        one.check(principal)
+
+    async def three_requests() -> None:
+        assert (await one.check(principal)).remaining == 1  # type: ignore[union-attr]
+        assert (await two.check(principal)).remaining == 0  # type: ignore[union-attr]
+        with pytest.raises(ratelimit.RateLimited):
+            await one.check(principal)
+
+    asyncio.run(three_requests())
+
+
+def test_a_redis_that_stops_answering_lets_requests_through(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A Redis that accepts the connection and never answers: the check gives up after its
+    # timeout and the request goes on (the limits protect the platform; they are not what a
+    # request's correctness rests on).
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    port = silent.getsockname()[1]
+    from app.services.scope import Principal, Role
+
+    principal = Principal(role=Role.admin, tenant_id=uuid.uuid4(), key_id=uuid.uuid4())
+    limiter = RateLimiter(f"redis://127.0.0.1:{port}/0", per_key=2, per_tenant=10)
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="vca.ratelimit"):
+            bounded = asyncio.wait_for(
+                limiter.check(principal), 10 * ratelimit.REDIS_TIMEOUT_SECONDS
+            )
+            assert asyncio.run(bounded) is None  # not a TimeoutError: it gave up on its own
+        waited = time.monotonic() - started
+    finally:
+        silent.close()
+    assert waited >= ratelimit.REDIS_TIMEOUT_SECONDS
+    assert "rate limit storage failed" in caplog.text
