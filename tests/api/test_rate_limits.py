@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 
 from app import ratelimit
 from app.ratelimit import RateLimiter
+from app.services.scope import Principal, Role
 from tests.helpers import TenantFixture, create_number_and_profile, random_e164, twilio_post
 
 
@@ -82,8 +83,6 @@ def test_the_redis_storage_is_shared_by_every_process() -> None:
         redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
     except Exception as exc:  # no Redis here: the memory storage is what the rest tests
         pytest.skip(f"no Redis reachable at {url}: {exc}")
-    from app.services.scope import Principal, Role
-
     principal = Principal(role=Role.admin, tenant_id=uuid.uuid4(), key_id=uuid.uuid4())
     one, two = (RateLimiter(url, per_key=2, per_tenant=10) for _ in range(2))  # two processes
 
@@ -106,8 +105,6 @@ def test_a_redis_that_stops_answering_lets_requests_through(
     silent.bind(("127.0.0.1", 0))
     silent.listen()
     port = silent.getsockname()[1]
-    from app.services.scope import Principal, Role
-
     principal = Principal(role=Role.admin, tenant_id=uuid.uuid4(), key_id=uuid.uuid4())
     limiter = RateLimiter(f"redis://127.0.0.1:{port}/0", per_key=2, per_tenant=10)
     try:
